@@ -1,0 +1,33 @@
+# The two promises of the README: `make demo` and `make test`, each from a clean clone.
+SHELL := /bin/bash
+VENV := .venv/bin
+
+.PHONY: setup demo test lint bench azurite-start azurite-stop clean
+
+setup:
+	@scripts/setup.sh
+
+demo: setup
+	@scripts/demo.sh
+
+test: setup
+	$(VENV)/ruff check corpus_manager transforms tests bench
+	$(VENV)/pytest -q
+
+lint: setup
+	$(VENV)/ruff check corpus_manager transforms tests bench
+	$(VENV)/ruff format --check corpus_manager transforms tests bench
+
+bench: 
+	@EXTRA_APT="rclone libsecret-1-0" scripts/setup.sh
+	$(VENV)/python -m bench
+
+azurite-start: setup
+	@scripts/azurite.sh start
+
+azurite-stop:
+	@scripts/azurite.sh stop
+
+clean:
+	-@scripts/azurite.sh stop
+	rm -rf .venv node_modules .azurite .demo .bench

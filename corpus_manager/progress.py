@@ -1,0 +1,63 @@
+"""A rich progress bar on stderr (files, bytes, rate), drawn only when stderr is a terminal."""
+
+from __future__ import annotations
+
+import sys
+from types import TracebackType
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+
+class BarProgress:
+    """A ProgressSink drawing one bar; totals grow as a streaming crawl discovers work."""
+
+    def __init__(self, description: str, *, enabled: bool | None = None, show_bytes: bool = True) -> None:
+        self.console = Console(stderr=True)
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("files")]
+        if show_bytes:
+            columns += [TextColumn("{task.fields[nbytes]}")]
+        columns += [TextColumn("{task.fields[rate]} files/s"), TimeElapsedColumn()]
+        self._progress = Progress(*columns, console=self.console, transient=False, disable=not self.enabled)
+        self._task: TaskID | None = None
+        self._description = description
+        self.files_total = 0
+        self.bytes_total = 0
+        self.files_done = 0
+        self.bytes_done = 0
+
+    def __enter__(self) -> BarProgress:
+        self._progress.__enter__()
+        self._task = self._progress.add_task(self._description, total=None, rate="0", nbytes="0 B")
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self._progress.__exit__(t, e, tb)
+
+    def grow(self, files: int = 0, nbytes: int = 0) -> None:
+        self.files_total += files
+        self.bytes_total += nbytes
+        if self._task is not None:
+            self._progress.update(self._task, total=self.files_total)
+
+    def advance(self, files: int = 0, nbytes: int = 0) -> None:
+        self.files_done += files
+        self.bytes_done += nbytes
+        if self._task is not None:
+            task = self._progress.tasks[0]
+            elapsed = task.elapsed or 0.0
+            rate = f"{self.files_done / elapsed:.0f}" if elapsed > 0 else "0"
+            self._progress.update(self._task, advance=files, rate=rate, nbytes=human_bytes(self.bytes_done))
+
+    def note(self, message: str) -> None:
+        if self.enabled:
+            self._progress.console.print(f"[yellow]warning:[/] {message}", markup=True, highlight=False)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"

@@ -1,0 +1,43 @@
+"""What a run reports: failures with their item and reason, and a progress sink the CLI can draw."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One item that could not be done: what (a file, a blob or a set), why, and of which kind."""
+
+    item: str
+    reason: str
+    kind: str = "failed"  # failed | corrupt | refused | skipped
+
+    def __str__(self) -> str:
+        return f"{self.item}: {self.reason}"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ProgressSink(Protocol):
+    def grow(self, files: int = 0, nbytes: int = 0) -> None:
+        """More work discovered (the crawl is streaming, so the total grows)."""
+
+    def advance(self, files: int = 0, nbytes: int = 0) -> None:
+        """Work done."""
+
+    def note(self, message: str) -> None:
+        """A warning worth showing now (it is also in the final report)."""
+
+
+class NullProgress:
+    def grow(self, files: int = 0, nbytes: int = 0) -> None:
+        pass
+
+    def advance(self, files: int = 0, nbytes: int = 0) -> None:
+        pass
+
+    def note(self, message: str) -> None:
+        pass

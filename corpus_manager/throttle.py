@@ -1,0 +1,109 @@
+"""The bounded async runner: the original tool's ``ThrottleWork``, done right.
+
+At most ``limit`` calls are in flight (a slot is taken *before* a task is created, so never N+1),
+items are pulled lazily from any (async) iterable, so a million-file corpus never becomes a million
+tasks, and every call ends as an ``Outcome`` holding its item and either its result or its
+exception: a late failure can never drop the list of earlier ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class Outcome(Generic[T, R]):
+    item: T
+    result: R | None = None
+    error: BaseException | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class ThrottleWork:
+    """A concurrency limit that several ``map`` calls may share (one pool of slots per resource)."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"the parallelism limit must be at least 1, got {limit}")
+        self.limit = limit
+        self._slots = asyncio.Semaphore(limit)
+        self.in_flight = 0
+        self.peak = 0
+
+    async def run(self, fn: Callable[[], Awaitable[R]]) -> R:
+        """Run one call inside a slot."""
+        async with self._slots:
+            self._enter()
+            try:
+                return await fn()
+            finally:
+                self.in_flight -= 1
+
+    def _enter(self) -> None:
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+
+    async def map(self, fn: Callable[[T], Awaitable[R]],
+                  items: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[Outcome[T, R]]:
+        """Yield one Outcome per item, in completion order."""
+        running: set[asyncio.Task[Outcome[T, R]]] = set()
+
+        async def call(item: T) -> Outcome[T, R]:
+            try:
+                return Outcome(item, await fn(item))
+            except Exception as exc:  # collected with its item, never raised past the others
+                return Outcome(item, error=exc)
+
+        def release(_: asyncio.Task[Outcome[T, R]]) -> None:
+            # a done-callback runs even for a task cancelled before it started, so no slot leaks
+            self.in_flight -= 1
+            self._slots.release()
+
+        try:
+            async for item in _aiter(items):
+                await self._slots.acquire()
+                self._enter()
+                task = asyncio.create_task(call(item))
+                task.add_done_callback(release)
+                running.add(task)
+                for task in [t for t in running if t.done()]:
+                    running.discard(task)
+                    yield task.result()
+            while running:
+                done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    yield task.result()
+        finally:
+            for task in running:
+                task.cancel()
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
+
+
+async def _aiter(items: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]:
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item
+
+
+async def iterate_in_thread(iterator: Iterable[T]) -> AsyncIterator[T]:
+    """Pull a blocking iterator (the crawler) one item at a time off the event loop."""
+    it = iter(iterator)
+    done = object()
+    while True:
+        item = await asyncio.to_thread(next, it, done)
+        if item is done:
+            return
+        yield item  # type: ignore[misc]

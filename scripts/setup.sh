@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Sets up everything the demo and the tests need on a bare Debian machine; safe to rerun.
+# EXTRA_APT adds packages (the benchmarks ask for rclone); PIP_EXTRAS picks the pip extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_pkgs=(imagemagick libmagickwand-dev ${EXTRA_APT:-})
+command -v node >/dev/null 2>&1 || apt_pkgs+=(nodejs npm)
+missing=()
+for p in "${apt_pkgs[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    echo "setup: installing ${missing[*]} with apt" >&2
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# Azurite (and the bench's AzCopy) from npm, pinned in package.json / package-lock.json.
+if [ ! -x node_modules/.bin/azurite ] || [ package.json -nt node_modules/.stamp ]; then
+    echo "setup: installing npm dev dependencies" >&2
+    if [ -f package-lock.json ]; then npm ci --no-audit --no-fund --loglevel=error; else npm install --no-audit --no-fund --loglevel=error; fi
+    touch node_modules/.stamp
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv" >&2
+    "$PY" -m venv .venv
+fi
+if [ ! -f .venv/.stamp ] || [ pyproject.toml -nt .venv/.stamp ]; then
+    echo "setup: pip install -e .[${PIP_EXTRAS:-test}]" >&2
+    .venv/bin/pip install -q -e ".[${PIP_EXTRAS:-test}]"
+    touch .venv/.stamp
+fi

@@ -1,0 +1,149 @@
+"""Fixtures: a real Azurite from the project's node_modules, and sample corpora made with ImageMagick."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+AZURITE_BIN = ROOT / "node_modules" / ".bin" / "azurite"
+ACCOUNT = "devstoreaccount1"
+KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"Azurite did not open port {port}")
+
+
+@dataclass
+class Azurite:
+    """One Azurite process; restartable on the same --location (the fault tests kill it)."""
+
+    location: Path
+    blob_port: int
+    queue_port: int
+    table_port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def connection_string(self) -> str:
+        return (f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
+                f"BlobEndpoint=http://127.0.0.1:{self.blob_port}/{ACCOUNT};"
+                f"TableEndpoint=http://127.0.0.1:{self.table_port}/{ACCOUNT};")
+
+    @property
+    def blob_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.blob_port}/{ACCOUNT}"
+
+    def start(self) -> None:
+        if not AZURITE_BIN.exists():
+            pytest.fail(f"{AZURITE_BIN} is missing: run `make test` (it runs `npm ci`)")
+        self.proc = subprocess.Popen(
+            [str(AZURITE_BIN), "--disableTelemetry", "--silent", "--skipApiVersionCheck", "--loose",
+             "--location", str(self.location), "--blobHost", "127.0.0.1", "--queueHost", "127.0.0.1",
+             "--tableHost", "127.0.0.1", "--blobPort", str(self.blob_port), "--queuePort",
+             str(self.queue_port), "--tablePort", str(self.table_port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        _wait_port(self.blob_port)
+        _wait_port(self.table_port)
+
+    def stop(self, sig: int = 15) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    az = Azurite(tmp_path_factory.mktemp("azurite"), free_port(), free_port(), free_port())
+    az.start()
+    try:
+        yield az
+    finally:
+        az.stop()
+
+
+@pytest.fixture
+def conn(azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The Azurite connection string, also exported so CLI runs pick it up."""
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    monkeypatch.delenv("CORPUS_ACCOUNT_URL", raising=False)
+    return azurite.connection_string
+
+
+@pytest.fixture
+def corpus_name(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh corpus per test, so tests share one Azurite without seeing each other's data."""
+    name = "t" + uuid.uuid4().hex[:12]
+    monkeypatch.setenv("CORPUS_NAME", name)
+    return name
+
+
+# ----- sample images --------------------------------------------------------------------------
+def make_image(path: Path, size: str = "16x16", color: str = "red", fmt: str | None = None) -> Path:
+    """A real image made by ImageMagick; the content varies with the color and size."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    target = f"{fmt}:{path}" if fmt else str(path)
+    subprocess.run(["convert", "-size", size, f"xc:{color}", target], check=True)
+    return path
+
+
+_IMAGE_CACHE: dict[tuple[str, str, str], bytes] = {}
+
+
+def image_bytes(kind: str = "png", size: str = "16x16", color: str = "red") -> bytes:
+    key = (kind, size, color)
+    if key not in _IMAGE_CACHE:
+        out = subprocess.run(["convert", "-size", size, f"xc:{color}", f"{kind}:-"], check=True,
+                             capture_output=True)
+        _IMAGE_CACHE[key] = out.stdout
+    return _IMAGE_CACHE[key]
+
+
+def write_image(path: Path, kind: str = "png", size: str = "16x16", color: str = "red") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(image_bytes(kind, size, color))
+    return path
+
+
+@pytest.fixture
+def sample_tree(tmp_path: Path) -> Path:
+    """A small tagged tree: nested sets, root images, an uppercase extension, a non-image file."""
+    root = tmp_path / "photos"
+    write_image(root / "red" / "angry" / "robin" / "a.png", color="red")
+    write_image(root / "red" / "angry" / "robin" / "b.jpg", "jpeg", color="orange")
+    write_image(root / "red" / "angry" / "c.png", color="maroon")
+    write_image(root / "blue" / "sky" / "D.JPG", "jpeg", color="blue")
+    write_image(root / "top.gif", "gif", color="green")
+    (root / "blue" / "sky" / "notes.txt").write_text("not an image")
+    return root
+
+
+@pytest.fixture
+def imagemagick() -> str:
+    exe = shutil.which("convert")
+    if not exe:
+        pytest.fail("ImageMagick's convert is missing: run `make test` (it installs imagemagick)")
+    return exe
