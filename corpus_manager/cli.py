@@ -7,7 +7,6 @@ Library exceptions are mapped to a one-line message and an exit code in one plac
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import os
 import sys

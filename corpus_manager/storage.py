@@ -33,8 +33,7 @@ from azure.core.pipeline.transport import AioHttpTransport
 from azure.data.tables import TableTransactionError, UpdateMode
 from azure.data.tables.aio import TableClient, TableServiceClient
 from azure.storage.blob import ContentSettings
-from azure.storage.blob.aio import LinearRetry
-from azure.storage.blob.aio import BlobServiceClient, ContainerClient
+from azure.storage.blob.aio import BlobServiceClient, ContainerClient, LinearRetry
 
 from .config import ConnectionInfo, redact
 from .errors import (
@@ -177,21 +176,17 @@ class Storage:
     async def _ensure(self, create: bool) -> None:
         with self.translate(f"container {self.corpus}", endpoint=self.info.blob_endpoint):
             if create:
-                try:
-                    # no public_access argument: the container is private, always
+                # no public_access argument: the container is private, always
+                with contextlib.suppress(ResourceExistsError):
                     await self.container.create_container(retry_total=0, timeout=int(PROBE_TIMEOUT))
-                except ResourceExistsError:
-                    pass
             else:
                 await self.container.get_container_properties(retry_total=0, timeout=int(PROBE_TIMEOUT))
         assert self._table_service is not None
         for table in (self.sets, self.transforms, self.tags):
             with self.translate(f"table {table.table_name}", endpoint=self.info.table_endpoint):
                 if create:
-                    try:
+                    with contextlib.suppress(ResourceExistsError):
                         await self._table_service.create_table(table.table_name, retry_total=0)
-                    except ResourceExistsError:
-                        pass
 
     # ----- error translation -----------------------------------------------------------------
     @contextlib.contextmanager
