@@ -12,7 +12,7 @@ import asyncio
 import base64
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -249,6 +249,18 @@ class Storage:
             return data, BlobInfo(name, props.size, bytes(md5).hex() if md5 else None,
                                   props.content_settings.content_type if props.content_settings else None)
 
+    async def download_to(self, name: str, write: Callable[[bytes], Awaitable[object]]) -> BlobInfo:
+        """Stream a blob chunk by chunk into ``write`` (no whole-blob buffer); returns its properties."""
+        with self.translate(f"download of {name}"):
+            self.stats.blob_gets += 1
+            downloader = await self.container.download_blob(name)
+            async for chunk in downloader.chunks():
+                await write(chunk)
+            props = downloader.properties
+            md5 = props.content_settings.content_md5 if props.content_settings else None
+            return BlobInfo(name, props.size, bytes(md5).hex() if md5 else None,
+                            props.content_settings.content_type if props.content_settings else None)
+
     async def delete_blob(self, name: str) -> None:
         with self.translate(f"delete of {name}"), contextlib.suppress(ResourceNotFoundError):
             await self.container.delete_blob(name)
@@ -281,6 +293,20 @@ class Storage:
             async for entity in pages:
                 self.stats.entity_reads += 1
                 yield entity
+
+    async def query_pages(self, table: TableClient, query_filter: str, parameters: dict[str, Any] | None = None,
+                          select: list[str] | None = None,
+                          page_size: int = 1000) -> AsyncIterator[list[dict[str, Any]]]:
+        """The rows matching a filter, one server page at a time, so a caller can stop between pages
+        (the tag query reads several partitions in lockstep and stops at the smallest)."""
+        with self.translate(f"query of {table.table_name}"):
+            self.stats.table_queries += 1
+            pager = table.query_entities(query_filter, parameters=parameters, results_per_page=page_size,
+                                         select=select).by_page()
+            async for page in pager:
+                rows = [entity async for entity in page]
+                self.stats.entity_reads += len(rows)
+                yield rows
 
     async def create_entity(self, table: TableClient, entity: Mapping[str, Any]) -> str | None:
         """Insert; Conflict if the row exists. Returns the new ETag."""

@@ -68,9 +68,19 @@ class ThrottleWork:
             self.in_flight -= 1
             self._slots.release()
 
+        source = _aiter(items)
         try:
-            async for item in _aiter(items):
+            while True:
+                # take the slot first, then the item: the source is never read ahead of the limit
                 await self._slots.acquire()
+                try:
+                    item = await anext(source)
+                except StopAsyncIteration:
+                    self._slots.release()
+                    break
+                except BaseException:
+                    self._slots.release()
+                    raise
                 self._enter()
                 task = asyncio.create_task(call(item))
                 task.add_done_callback(release)
@@ -87,6 +97,7 @@ class ThrottleWork:
                 task.cancel()
             if running:
                 await asyncio.gather(*running, return_exceptions=True)
+            await source.aclose()
 
 
 async def _aiter(items: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]:

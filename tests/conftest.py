@@ -116,7 +116,8 @@ _IMAGE_CACHE: dict[tuple[str, str, str], bytes] = {}
 def image_bytes(kind: str = "png", size: str = "16x16", color: str = "red") -> bytes:
     key = (kind, size, color)
     if key not in _IMAGE_CACHE:
-        out = subprocess.run(["convert", "-size", size, f"xc:{color}", f"{kind}:-"], check=True,
+        source = color if ":" in color else f"xc:{color}"  # e.g. "plasma:" for a busy image
+        out = subprocess.run(["convert", "-size", size, source, f"{kind}:-"], check=True,
                              capture_output=True)
         _IMAGE_CACHE[key] = out.stdout
     return _IMAGE_CACHE[key]

@@ -1,0 +1,120 @@
+"""Settings: connection strings, corpus names, redaction; unreachable storage and secrets in output."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from corpus_manager.cli import cli
+from corpus_manager.config import (
+    AZURITE_KEY,
+    connection_from_settings,
+    corpus_from_settings,
+    parse_connection_string,
+    redact,
+    table_endpoint_for,
+)
+from corpus_manager.errors import ConfigError
+
+from .conftest import KEY, free_port
+
+
+def test_default_is_local_azurite(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING", raising=False)
+    monkeypatch.delenv("CORPUS_ACCOUNT_URL", raising=False)
+    info = connection_from_settings()
+    assert info.blob_endpoint == "http://127.0.0.1:10000/devstoreaccount1"
+    assert info.table_endpoint == "http://127.0.0.1:10002/devstoreaccount1"
+    assert info.is_local_emulator
+
+
+def test_option_beats_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", "AccountName=envacct;AccountKey=YWJj")
+    assert connection_from_settings().account_name == "envacct"
+    assert connection_from_settings("AccountName=optacct;AccountKey=YWJj").account_name == "optacct"
+
+
+def test_account_url_uses_identity_and_derives_the_table_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING", raising=False)
+    info = connection_from_settings(account_url="https://acct.blob.core.windows.net/")
+    assert info.use_identity and info.table_endpoint == "https://acct.table.core.windows.net"
+    assert table_endpoint_for("http://127.0.0.1:10000/devstoreaccount1") == "http://127.0.0.1:10002/devstoreaccount1"
+
+
+@pytest.mark.parametrize("bad,reason", [
+    ("garbage", "malformed"),
+    ("AccountName=a", "neither AccountKey nor SharedAccessSignature"),
+    ("AccountName=a;AccountKey=not base64!!", "not valid base64"),
+    ("", "empty"),
+])
+def test_malformed_connection_strings_are_config_errors(bad: str, reason: str) -> None:
+    with pytest.raises(ConfigError, match=reason):
+        parse_connection_string(bad)
+
+
+def test_config_errors_never_echo_the_key() -> None:
+    secret = "c2VjcmV0c2VjcmV0c2VjcmV0"
+    with pytest.raises(ConfigError) as info:
+        parse_connection_string(f"AccountKey={secret};junk")
+    assert secret not in str(info.value)
+    assert secret not in repr(parse_connection_string(f"AccountName=a;AccountKey={secret}"))
+
+
+@pytest.mark.parametrize("name", ["ab", "Images", "1abc", "a-b", "a" * 41])
+def test_bad_corpus_names(name: str) -> None:
+    with pytest.raises(ConfigError, match="corpus name"):
+        corpus_from_settings(name)
+
+
+def test_redact_masks_keys_signatures_and_connection_strings() -> None:
+    text = (f"AccountKey={KEY}; url=https://a.blob.core.windows.net/c/b?sv=2021&sig=abc%2Fdef&se=1 "
+            "SharedAccessSignature=sv=1&sig=zzz")
+    out = redact(text)
+    assert KEY not in out and "abc%2Fdef" not in out and "zzz" not in out
+    assert AZURITE_KEY not in redact(AZURITE_KEY)
+
+
+def test_unreachable_storage_exits_2_quickly_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "a.png").write_bytes(b"x")
+    port = free_port()  # nothing listens there
+    conn = (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={KEY};"
+            f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;"
+            f"TableEndpoint=http://127.0.0.1:{port}/devstoreaccount1;")
+    started = time.monotonic()
+    # the timeout only guards against the minute of SDK retries this test exists to rule out
+    proc = subprocess.run([sys.executable, "-m", "corpus_manager.cli", "upload", str(tmp_path), "--version", "v1",
+                           "--connection-string", conn], capture_output=True, text=True, timeout=30)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"Error: cannot reach storage at http://127.0.0.1:{port}/devstoreaccount1")
+    assert "make azurite-start" in lines[0]
+    assert KEY not in proc.stderr + proc.stdout
+    assert elapsed < 10
+
+
+def test_wrong_key_is_refused_without_printing_it(azurite, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "a.png").write_bytes(b"x")
+    wrong = "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXk="
+    conn = azurite.connection_string.replace(KEY, wrong)
+    result = CliRunner().invoke(cli, ["upload", str(tmp_path), "--version", "v1", "--connection-string", conn,
+                                      "--corpus", "wrongkey"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Error: storage refused the credentials for container wrongkey")
+    assert wrong not in result.output and KEY not in result.output
+
+
+def test_account_key_never_printed_in_a_normal_run(conn: str, corpus_name: str, sample_tree: Path) -> None:
+    for args in (["upload", str(sample_tree), "--version", "v1"],
+                 ["upload", str(sample_tree), "--version", "v1", "--json"],
+                 ["upload", str(sample_tree), "--version", "v2", "--dry-run"],
+                 ["upload", "--help"]):
+        result = CliRunner().invoke(cli, args)
+        assert KEY not in result.output
+        assert "AccountKey" not in result.output

@@ -1,0 +1,253 @@
+"""The ImageMagick safety policy, set by the tool itself in every process that decodes images.
+
+Layers, each enough on its own against a different threat:
+
+1. Images are only ever decoded from bytes with the coder forced from their sniffed magic bytes
+   (`transforms.decode`): no file name or blob name ever reaches ImageMagick, so `msl:`, `text:`,
+   `@file`, URLs and PS/PDF/SVG/MVG can never be selected, whatever the name or content says.
+2. Resource limits (width, height, area, memory, map, disk, threads, list length) through Wand, plus
+   our own check of the size in the file header so a decompression bomb is refused before a single
+   pixel is decoded, with a message saying why.
+3. Defence in depth: a restrictive `policy.xml` (only the six image coders, no delegates, no filters,
+   no `@file` paths, the same resource limits) that ImageMagick loads because `MAGICK_CONFIGURE_PATH`
+   points at it *before wand is first imported* in the process. Verified with ImageMagick 6.9.11:
+   the file is listed by `convert -list policy` and `IsRightsAuthorized` refuses SVG/MSL/TEXT/MVG.
+   `apply_policy()` checks this at run time and reports it in `PolicyStatus.policy_file_active`;
+   if wand was imported first the file cannot take effect and layers 1 and 2 remain.
+
+Time: ImageMagick 6's own `time` resource counts from the *process* start and, when exceeded, calls
+exit() (`fatal/cache.c/GetImagePixelCache`), which would kill a long-lived pool worker after its
+first minute. It is therefore not used; the per-image time limit is a progress-monitor deadline set
+by `transforms.decode` instead, which aborts the running operation cleanly.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import stat
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from transforms.imagetypes import CODERS
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+MAX_WIDTH = 16384  # pixels
+MAX_HEIGHT = 16384  # pixels
+MAX_AREA = 128_000_000  # pixels per image (128 MP)
+MAX_MEMORY = 256 * MiB  # pixel cache in RAM, per process; beyond it the cache goes to map, then disk
+MAX_MAP = 512 * MiB
+MAX_DISK = 1 * GiB  # beyond it an image fails
+MAX_SECONDS = 60.0  # per image, decode + operations + encode
+MAX_FRAMES = 16  # images in one list; we decode only the first frame anyway
+THREADS = 1  # ImageMagick threads per process: parallelism comes from worker processes
+
+# ImageMagick's ResourceType value for "list-length" (6.9.10+ and 7); wand 0.7 does not name it for 6.
+_LIST_LENGTH_RESOURCE = 11
+# PolicyDomain / PolicyRights values (the same in ImageMagick 6 and 7).
+_CODER_DOMAIN = 1
+_READ_RIGHTS = 1
+_SENTINEL = "corpus-transforms-policy"
+
+# Coders that must never be reachable; checked after loading to prove the policy file took effect.
+FORBIDDEN_CODERS = ("SVG", "MVG", "MSL", "TEXT", "TXT", "LABEL", "CAPTION", "PS", "EPS", "PDF", "URL",
+                    "HTTPS", "EPHEMERAL", "INLINE")
+
+
+@dataclass(frozen=True)
+class Limits:
+    width: int = MAX_WIDTH
+    height: int = MAX_HEIGHT
+    area: int = MAX_AREA
+    memory: int = MAX_MEMORY
+    map: int = MAX_MAP
+    disk: int = MAX_DISK
+    seconds: float = MAX_SECONDS
+    frames: int = MAX_FRAMES
+    threads: int = THREADS
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True)
+class PolicyStatus:
+    limits: Limits
+    policy_file: str | None  # the policy.xml written for ImageMagick
+    policy_file_active: bool  # ImageMagick loaded it and refuses the forbidden coders
+    detail: str  # why not, when not
+    imagemagick_version: str
+
+
+_lock = threading.Lock()
+_status: PolicyStatus | None = None
+
+
+def policy_xml(limits: Limits = DEFAULT_LIMITS) -> str:
+    """The policy.xml for `limits`. Resource values in a policy are maxima: later API calls can only
+    lower them."""
+    coders = ",".join(CODERS.values())
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
+<!-- Written by corpus-manager's transforms.policy; loaded through MAGICK_CONFIGURE_PATH. -->
+<policymap>
+  <policy domain="system" name="{_SENTINEL}" value="1"/>
+  <policy domain="resource" name="width" value="{limits.width}"/>
+  <policy domain="resource" name="height" value="{limits.height}"/>
+  <policy domain="resource" name="area" value="{limits.area}"/>
+  <policy domain="resource" name="memory" value="{limits.memory}"/>
+  <policy domain="resource" name="map" value="{limits.map}"/>
+  <policy domain="resource" name="disk" value="{limits.disk}"/>
+  <policy domain="resource" name="list-length" value="{limits.frames}"/>
+  <policy domain="resource" name="thread" value="{limits.threads}"/>
+  <policy domain="delegate" rights="none" pattern="*"/>
+  <policy domain="filter" rights="none" pattern="*"/>
+  <policy domain="path" rights="none" pattern="@*"/>
+  <policy domain="coder" rights="none" pattern="*"/>
+  <policy domain="coder" rights="read|write" pattern="{{{coders}}}"/>
+</policymap>
+"""
+
+
+def _private_dir(name: str) -> Path:
+    """A directory only this user can write, for the policy file.
+
+    Reused across processes (one per content) so workers do not leak temp dirs; ownership and mode
+    are checked because a policy file someone else could replace would defeat its purpose.
+    """
+    base = Path(tempfile.gettempdir())
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    path = base / f"{name}-{uid}" if uid is not None else base / name
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        st = path.lstat()
+        if stat.S_ISDIR(st.st_mode) and (uid is None or (st.st_uid == uid and st.st_mode & 0o077 == 0)):
+            return path
+    except OSError:
+        pass
+    return Path(tempfile.mkdtemp(prefix=name + "-"))
+
+
+def write_policy_file(limits: Limits = DEFAULT_LIMITS) -> Path:
+    """Write `policy_xml(limits)` to a private directory; returns the directory."""
+    text = policy_xml(limits)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    directory = _private_dir(f"corpus-transforms-policy-{digest}")
+    target = directory / "policy.xml"
+    if not (target.exists() and target.read_text(encoding="utf-8") == text):
+        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, target)  # atomic: a concurrently starting worker never reads half a file
+    return directory
+
+
+def apply_policy(limits: Limits | None = None) -> PolicyStatus:
+    """Install the policy in this process. Call it before anything imports wand (`init_worker` does).
+
+    Idempotent; a later call can lower the resource limits but not raise them above the first call's
+    (the loaded policy file caps them).
+    """
+    global _status
+    limits = limits or (_status.limits if _status else DEFAULT_LIMITS)
+    with _lock:
+        if _status is not None and _status.limits == limits:
+            return _status
+        policy_dir: Path | None = None
+        wand_loaded = "wand.api" in sys.modules
+        if _status is None and not wand_loaded:
+            policy_dir = write_policy_file(limits)
+            previous = os.environ.get("MAGICK_CONFIGURE_PATH")
+            os.environ["MAGICK_CONFIGURE_PATH"] = (
+                str(policy_dir) if not previous else str(policy_dir) + os.pathsep + previous
+            )
+            # Read by ImageMagick at genesis (OpenMP is set up then); the limit below is re-applied anyway.
+            os.environ["MAGICK_THREAD_LIMIT"] = str(limits.threads)
+
+        import wand.version  # the first import of wand in this process loads ImageMagick
+
+        _set_limits(limits)
+        if _status is not None:
+            active, detail, policy_file = _status.policy_file_active, _status.detail, _status.policy_file
+        else:
+            policy_file = str(policy_dir / "policy.xml") if policy_dir else None
+            active, detail = _verify_policy_file()
+            if wand_loaded and not active:
+                detail = "wand was imported before apply_policy(), too late for MAGICK_CONFIGURE_PATH"
+            if not active:
+                log.warning("ImageMagick policy file not in effect (%s); relying on forced-format decoding "
+                            "and resource limits", detail)
+        _status = PolicyStatus(limits, policy_file, active, detail, str(wand.version.MAGICK_VERSION))
+        return _status
+
+
+def _set_limits(limits: Limits) -> None:
+    from wand.api import library
+    from wand.resource import limits as im_limits
+
+    im_limits["width"] = limits.width
+    im_limits["height"] = limits.height
+    im_limits["area"] = limits.area
+    im_limits["memory"] = limits.memory
+    im_limits["map"] = limits.map
+    im_limits["disk"] = limits.disk
+    im_limits["thread"] = limits.threads
+    try:
+        library.MagickSetResourceLimit(_LIST_LENGTH_RESOURCE, limits.frames)
+    except (AttributeError, ctypes.ArgumentError):  # pragma: no cover - older ImageMagick
+        pass
+
+
+def _verify_policy_file() -> tuple[bool, str]:
+    """Whether ImageMagick loaded our policy.xml and refuses the dangerous coders."""
+    from wand.api import libmagick
+
+    try:
+        get_value = libmagick.GetPolicyValue
+        get_value.argtypes = [ctypes.c_char_p]
+        get_value.restype = ctypes.c_void_p
+        authorized = libmagick.IsRightsAuthorized
+        authorized.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p]
+        authorized.restype = ctypes.c_int
+    except AttributeError as e:  # pragma: no cover - exotic builds
+        return False, f"cannot query the ImageMagick policy: {e}"
+    value = get_value(_SENTINEL.encode())
+    if not value:
+        return False, "ImageMagick did not load the policy file"
+    libmagick.RelinquishMagickMemory.argtypes = [ctypes.c_void_p]
+    libmagick.RelinquishMagickMemory(value)
+    allowed = [c for c in FORBIDDEN_CODERS if authorized(_CODER_DOMAIN, _READ_RIGHTS, c.encode())]
+    if allowed:
+        return False, f"another policy file re-allows the coders {', '.join(allowed)}"
+    refused = [c for c in CODERS.values() if not authorized(_CODER_DOMAIN, _READ_RIGHTS, c.encode())]
+    if refused:
+        return False, f"another policy file refuses the image coders {', '.join(refused)}"
+    return True, ""
+
+
+def policy_status() -> PolicyStatus | None:
+    """The status of `apply_policy()` in this process, None before it ran."""
+    return _status
+
+
+def current_limits() -> Limits:
+    return _status.limits if _status else DEFAULT_LIMITS
+
+
+def imagemagick_version() -> str:
+    """The ImageMagick version wand is bound to (for the ImageTransform row). Applies the policy first,
+    since it loads ImageMagick into this process."""
+    return apply_policy().imagemagick_version
+
+
+def with_limits(**changes: int | float) -> Limits:
+    """`DEFAULT_LIMITS` with some values changed, e.g. `with_limits(seconds=10)`."""
+    return replace(DEFAULT_LIMITS, **changes)  # type: ignore[arg-type]
