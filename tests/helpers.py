@@ -45,3 +45,10 @@ def rows(conn: str, corpus: str, table: str = "sets") -> list[dict[str, Any]]:
 
 def md5_of(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def container_exists(conn: str, corpus: str) -> bool:
+    async def fn(storage: Storage) -> bool:
+        return bool(await storage.container.exists())
+
+    return with_storage(conn, corpus, fn)

@@ -215,9 +215,7 @@ class CropGeometry:
             raise ValueError(f"{text!r} is not a valid size")
         box = CropBox(_dimension(m["w"], "width"), _dimension(m["h"], "height"))
         if m["x"] is not None:
-            box = CropBox(
-                box.width, box.height, _dimension(m["x"], "x", zero=True), _dimension(m["y"], "y", zero=True)
-            )
+            box = CropBox(box.width, box.height, _dimension(m["x"], "x", zero=True), _dimension(m["y"], "y", zero=True))
         return box
 
     def format(self, value: CropBox) -> str:

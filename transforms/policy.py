@@ -23,6 +23,7 @@ by `transforms.decode` instead, which aborts the running operation cleanly.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import logging
@@ -59,8 +60,22 @@ _READ_RIGHTS = 1
 _SENTINEL = "corpus-transforms-policy"
 
 # Coders that must never be reachable; checked after loading to prove the policy file took effect.
-FORBIDDEN_CODERS = ("SVG", "MVG", "MSL", "TEXT", "TXT", "LABEL", "CAPTION", "PS", "EPS", "PDF", "URL",
-                    "HTTPS", "EPHEMERAL", "INLINE")
+FORBIDDEN_CODERS = (
+    "SVG",
+    "MVG",
+    "MSL",
+    "TEXT",
+    "TXT",
+    "LABEL",
+    "CAPTION",
+    "PS",
+    "EPS",
+    "PDF",
+    "URL",
+    "HTTPS",
+    "EPHEMERAL",
+    "INLINE",
+)
 
 
 @dataclass(frozen=True)
@@ -183,8 +198,10 @@ def apply_policy(limits: Limits | None = None) -> PolicyStatus:
             if wand_loaded and not active:
                 detail = "wand was imported before apply_policy(), too late for MAGICK_CONFIGURE_PATH"
             if not active:
-                log.warning("ImageMagick policy file not in effect (%s); relying on forced-format decoding "
-                            "and resource limits", detail)
+                log.warning(
+                    "ImageMagick policy file not in effect (%s); relying on forced-format decoding and resource limits",
+                    detail,
+                )
         _status = PolicyStatus(limits, policy_file, active, detail, str(wand.version.MAGICK_VERSION))
         return _status
 
@@ -200,10 +217,9 @@ def _set_limits(limits: Limits) -> None:
     im_limits["map"] = limits.map
     im_limits["disk"] = limits.disk
     im_limits["thread"] = limits.threads
-    try:
+    # Older ImageMagick builds lack the list-length resource: the first-frame-only decode still holds.
+    with contextlib.suppress(AttributeError, ctypes.ArgumentError):
         library.MagickSetResourceLimit(_LIST_LENGTH_RESOURCE, limits.frames)
-    except (AttributeError, ctypes.ArgumentError):  # pragma: no cover - older ImageMagick
-        pass
 
 
 def _verify_policy_file() -> tuple[bool, str]:

@@ -133,9 +133,7 @@ def get_operation(name: str) -> Operation:
     if op is None:
         close = difflib.get_close_matches(name, _REGISTRY, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise SpecError(
-            f"unknown operation {name!r}{hint}; expected one of: {', '.join(sorted(_REGISTRY))}"
-        )
+        raise SpecError(f"unknown operation {name!r}{hint}; expected one of: {', '.join(sorted(_REGISTRY))}")
     return op
 
 

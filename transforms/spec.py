@@ -80,9 +80,7 @@ def _op_from_item(item: Any, where: str) -> Op:
     if isinstance(item, dict):
         unknown = set(item) - {"op", "arg"}
         if unknown or "op" not in item:
-            raise SpecError(
-                f"{where}: an operation object has the keys 'op' and optionally 'arg', got {sorted(item)}"
-            )
+            raise SpecError(f"{where}: an operation object has the keys 'op' and optionally 'arg', got {sorted(item)}")
         arg = item.get("arg")
         if isinstance(arg, bool) or not isinstance(arg, str | int | float | type(None)):
             raise SpecError(f"{where}: operation {item['op']!r}: 'arg' must be a string, got {arg!r}")
