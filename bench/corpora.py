@@ -89,8 +89,9 @@ def padded_png(head: bytes, iend: bytes, size: int, rng: random.Random) -> bytes
     """The base image grown to exactly ``size`` bytes by a pad chunk of random bytes before IEND."""
     pad = size - len(head) - len(iend) - CHUNK_OVERHEAD
     if pad < 0:
-        raise ValueError(f"{size} bytes is smaller than the base image ({len(head) + len(iend)} bytes) "
-                         "plus a pad chunk")
+        raise ValueError(
+            f"{size} bytes is smaller than the base image ({len(head) + len(iend)} bytes) plus a pad chunk"
+        )
     return head + _chunk(PAD_CHUNK, rng.randbytes(pad)) + iend
 
 

@@ -7,6 +7,8 @@ Library exceptions are mapped to a one-line message and an exit code in one plac
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 import os
 import sys
@@ -17,10 +19,13 @@ import click
 
 from .config import redact
 from .corpus import Corpus
+from .download import DownloadReport, neutralise_cell
 from .errors import CorpusError
 from .imagetypes import DEFAULT_EXTENSIONS
 from .progress import BarProgress, human_bytes
+from .query import QueryResult
 from .results import Failure
+from .status import StatusReport
 from .upload import UploadReport
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -66,7 +71,7 @@ def _err(message: str) -> None:
 T = TypeVar("T")
 
 
-def _run(make: Callable[[], Awaitable[T]]) -> T:
+def _run(make: Callable[[], Awaitable[T]], on_interrupt: Callable[[], None] | None = None) -> T:
     """Run the library call; map its exceptions to a one-line message and exit code, once."""
     try:
         return asyncio.run(make())  # type: ignore[arg-type]
@@ -74,6 +79,8 @@ def _run(make: Callable[[], Awaitable[T]]) -> T:
         _err(f"Error: {exc}")
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
+        if on_interrupt is not None:
+            on_interrupt()
         _err("Interrupted: work in flight was stopped; what finished is stored. Rerun the same command "
              "to finish the rest.")
         sys.exit(EXIT_INTERRUPTED)
@@ -118,14 +125,24 @@ def upload(root: str, version: str, extensions: str, max_parallel_uploads: int, 
            corpus: str) -> None:
     """Crawl ROOT and upload every directory of images as a versioned, tagged ImageSet."""
 
+    partial = UploadReport(root=root, version=version)
+
     async def go() -> UploadReport:
         async with _open(connection_string, account_url, corpus, max_parallel_uploads) as c:
             with BarProgress("upload") as bar:
                 return await c.upload(root, version, extensions=extensions,
                                       max_parallel_uploads=max_parallel_uploads,
-                                      max_parallel_upserts=max_parallel_upserts, dry_run=dry_run, progress=bar)
+                                      max_parallel_upserts=max_parallel_upserts, dry_run=dry_run, progress=bar,
+                                      report=partial)
 
-    report = _run(go)
+    def interrupted() -> None:
+        partial.interrupted = True
+        if as_json:
+            _print_json(partial.to_json())
+        else:
+            click.echo(format_upload(partial))
+
+    report = _run(go, interrupted)
     if as_json:
         _print_json(report.to_json())
     else:
@@ -143,14 +160,18 @@ def format_upload(r: UploadReport) -> str:
         if len(planned) > 20:
             lines.append(f"  ... and {len(planned) - 20} more sets")
         return "\n".join(lines)
-    if r.files_uploaded == 0 and not r.failures and r.sets:
+    if r.interrupted:
+        head = (f"Interrupted: version {r.version} from {r.root} is partly uploaded; the sets below that are not "
+                "complete stay pending and a rerun finishes them")
+    elif r.files_uploaded == 0 and not r.failures and r.sets:
         head = f"Nothing to upload: all {len(r.sets)} sets of version {r.version} are already stored."
     else:
         head = f"Uploaded version {r.version} from {r.root}"
     lines = [
         head,
         f"  sets        {len(r.sets)} total: {r.sets_uploaded} uploaded, {r.sets_skipped} already complete, "
-        f"{r.sets_refused} refused, {r.sets_failed} failed",
+        f"{r.sets_refused} refused, {r.sets_failed} failed"
+        + (f", {r._count('interrupted')} interrupted" if r.interrupted else ""),
         f"  files       {r.files_uploaded} uploaded, {r.files_already_stored} already stored, "
         f"{r.files_corrupt} corrupt, {r.files_failed} failed, {r.files_ignored} ignored (not images)",
         f"  bytes       {human_bytes(r.bytes_uploaded)} in {r.elapsed:.1f} s ({r.files_per_second:.0f} files/s)",
@@ -161,6 +182,189 @@ def format_upload(r: UploadReport) -> str:
         lines.append(f"  duplicates  {len(r.duplicates)} groups of byte-identical files: {shown}{more}")
     if r.failures:
         lines.append(f"  problems    {len(r.failures)} (listed above on stderr)")
+    return "\n".join(lines)
+
+
+# ----- finding sets again: query, download, status --------------------------------------------
+def query_options(fn: F) -> F:
+    """The set filters `query` and `download` share."""
+    fn = click.option("--originals", is_flag=True, help="Only original (untransformed) sets.")(fn)
+    fn = click.option("--transform", "transform", metavar="NAME[@TV]", default=None,
+                      help="Only the outputs of transform NAME (of version TV, if given).")(fn)
+    fn = click.option("--version", "version", default=None, help="Only sets of this version.")(fn)
+    fn = click.option("--any", "any_tag", is_flag=True, help="Sets with any of the tags (default: all of them).")(fn)
+    fn = click.option("--tag", "tags", multiple=True, metavar="T",
+                      help="A tag the sets must carry; repeat for several. Matched case-insensitively.")(fn)
+    return fn
+
+
+def _check_filters(transform: str | None, originals: bool) -> None:
+    if transform is not None and originals:
+        raise click.UsageError("--transform and --originals exclude each other")
+
+
+def _filters(tags: tuple[str, ...], any_tag: bool, version: str | None, transform: str | None,
+             originals: bool) -> dict[str, Any]:
+    _check_filters(transform, originals)
+    return {"tags": tags, "any_tag": any_tag, "version": version, "transform": transform, "originals": originals}
+
+
+@cli.command()
+@query_options
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default=None,
+              help="Output format. Default: table on a terminal, JSON otherwise.")
+@output_options
+@connection_options
+def query(tags: tuple[str, ...], any_tag: bool, version: str | None, transform: str | None, originals: bool,
+          fmt: str | None, as_json: bool, connection_string: str | None, account_url: str | None,
+          corpus: str) -> None:
+    """List the complete sets with the given tags (all of them; any with --any), version and transform."""
+    if as_json and fmt not in (None, "json"):
+        raise click.UsageError(f"--json and --format {fmt} exclude each other")
+    fmt = "json" if as_json else fmt or ("table" if sys.stdout.isatty() else "json")
+    filters = _filters(tags, any_tag, version, transform, originals)
+
+    async def go() -> QueryResult:
+        async with _open(connection_string, account_url, corpus) as c:
+            return await c.query(**filters)
+
+    result = _run(go)
+    _print_failures(result.problems)
+    if fmt == "json":
+        _print_json(result.to_json())
+    elif fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["path", "version", "tags", "transform", "images", "bytes", "blob_prefix"])
+        for s in result.sets:
+            cells = (s.path, s.version, json.dumps(list(s.tags), ensure_ascii=False),
+                     s.identity.transform_label or "", s.images, s.bytes, s.blob_prefix)
+            writer.writerow([neutralise_cell(v) for v in cells])
+        click.echo(out.getvalue(), nl=False)
+    else:
+        if result.sets:
+            click.echo(format_query_table(result))
+        _err(f"{len(result.sets)} sets, {result.images} images, {human_bytes(result.bytes)}")
+    sys.exit(result.exit_code)
+
+
+def format_query_table(result: QueryResult) -> str:
+    head = ("PATH", "VERSION", "TRANSFORM", "IMAGES", "BYTES", "TAGS")
+    body = [(s.path or "(root)", s.version, s.identity.transform_label or "-", str(s.images), human_bytes(s.bytes),
+             ", ".join(s.tags)) for s in result.sets]
+    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head) - 1)]
+    lines = []
+    for r in [head, *body]:
+        cells = [r[i].rjust(widths[i]) if i in (3, 4) else r[i].ljust(widths[i]) for i in range(len(widths))]
+        lines.append("  ".join([*cells, r[-1]]).rstrip())
+    return "\n".join(lines)
+
+
+@cli.command()
+@query_options
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=str),
+              help="Directory to download into; files are laid out by blob name beneath it.")
+@click.option("--manifest", default=None, type=click.Path(dir_okay=False, path_type=str),
+              help="Write one record per image to FILE: JSON lines (.jsonl) or CSV (.csv).")
+@click.option("--max-parallel-downloads", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Blob transfers in flight at once.")
+@output_options
+@connection_options
+def download(tags: tuple[str, ...], any_tag: bool, version: str | None, transform: str | None, originals: bool,
+             out: str, manifest: str | None, max_parallel_downloads: int, as_json: bool,
+             connection_string: str | None, account_url: str | None, corpus: str) -> None:
+    """Download the images of the matching complete sets into --out, with an optional manifest."""
+    filters = _filters(tags, any_tag, version, transform, originals)
+
+    async def go() -> DownloadReport:
+        async with _open(connection_string, account_url, corpus, max_parallel_downloads) as c:
+            with BarProgress("download") as bar:
+                return await c.download(out, manifest=manifest, max_parallel_downloads=max_parallel_downloads,
+                                        progress=bar, **filters)
+
+    report = _run(go)
+    if as_json:
+        _print_json(report.to_json())
+    else:
+        for w in report.warnings:
+            _err(f"warning: {w}")
+        _print_failures(report.failures)
+        click.echo(format_download(report))
+    sys.exit(report.exit_code)
+
+
+def format_download(r: DownloadReport) -> str:
+    if r.files_downloaded == 0 and not r.failures and r.records:
+        head = f"Nothing to download: all {len(r.records)} files of {r.sets} sets are already in {r.out}."
+    else:
+        head = f"Downloaded {r.sets} sets to {r.out}"
+    lines = [
+        head,
+        f"  files       {r.files_downloaded} downloaded, {r.files_present} already present, "
+        f"{r.files_failed} failed, {r.files_refused} refused",
+        f"  bytes       {human_bytes(r.bytes_downloaded)} in {r.elapsed:.1f} s ({r.files_per_second:.0f} files/s)",
+    ]
+    if r.manifest:
+        lines.append(f"  manifest    {r.manifest} ({len(r.records)} records)")
+    if r.failures:
+        lines.append(f"  problems    {len(r.failures)} (listed above on stderr)")
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.option("--repair", is_flag=True,
+              help="Index complete sets that have no tag rows (e.g. after an interrupted run).")
+@click.option("--top", type=click.IntRange(min=0), default=10, show_default=True,
+              help="How many tags to list (--json lists all).")
+@output_options
+@connection_options
+def status(repair: bool, top: int, as_json: bool, connection_string: str | None, account_url: str | None,
+           corpus: str) -> None:
+    """Sets by status, totals, per-transform progress and tags with their set counts."""
+
+    async def go() -> StatusReport:
+        async with _open(connection_string, account_url, corpus) as c:
+            with BarProgress("repair", show_bytes=False, enabled=None if repair else False) as bar:
+                return await c.status(repair=repair, progress=bar)
+
+    report = _run(go)
+    if as_json:
+        _print_json(report.to_json())
+    else:
+        _print_failures(report.problems)
+        click.echo(format_status(report, top))
+    sys.exit(report.exit_code)
+
+
+def format_status(r: StatusReport, top: int = 10) -> str:
+    lines = [f"Corpus {r.corpus}",
+             f"  sets        {r.complete} complete ({r.originals} originals, {r.outputs} transform outputs), "
+             f"{len(r.pending)} pending, {len(r.unindexed)} unindexed",
+             f"  images      {r.images} ({human_bytes(r.bytes)}) in complete sets"]
+    if r.pending:
+        lines.append(f"  pending     {len(r.pending)} (rerun the same upload or transform to finish them):")
+        lines += [f"    {label}" for label in r.pending]
+    if r.repaired:
+        lines.append(f"  repaired    {len(r.repaired)} sets indexed by tag:")
+        lines += [f"    {label}" for label in r.repaired]
+    if r.unindexed:
+        lines.append(f"  unindexed   {len(r.unindexed)} complete sets not found by tag "
+                     "(`corpus status --repair` indexes them):")
+        lines += [f"    {label}" for label in r.unindexed]
+    if r.transforms:
+        lines.append("  transforms  source sets done / missing:")
+        width = max(len(t.label) for t in r.transforms)
+        for t in r.transforms:
+            extra = f", {t.pending} pending" if t.pending else ""
+            unreg = " (not registered)" if not t.registered else ""
+            lines.append(f"    {t.label.ljust(width)}  from {t.source}: {t.done} done, {t.missing} missing"
+                         f"{extra}{unreg}")
+    if r.tags:
+        shown = r.tags[:top]
+        more = f" (top {len(shown)} of {len(r.tags)}; --json lists all)" if len(r.tags) > len(shown) else ""
+        lines.append(f"  tags        sets per tag{more}:")
+        width = max((len(t) for t, _ in shown), default=0)
+        lines += [f"    {t.ljust(width)}  {n}" for t, n in shown]
     return "\n".join(lines)
 
 

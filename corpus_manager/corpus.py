@@ -6,7 +6,10 @@ from typing import Any
 
 from .config import connection_from_settings, corpus_from_settings
 from .crawler import Crawler
+from .download import DownloadReport, download_sets
+from .query import QueryFilter, QueryResult, open_for_reading, query_sets
 from .results import ProgressSink
+from .status import StatusReport, corpus_status
 from .storage import Storage
 from .upload import UploadReport, upload_tree
 
@@ -36,12 +39,43 @@ class Corpus:
 
     async def upload(self, root: str, version: str, *, extensions: Any = None, max_parallel_uploads: int = 20,
                      max_parallel_upserts: int = 5, dry_run: bool = False,
-                     progress: ProgressSink | None = None) -> UploadReport:
+                     progress: ProgressSink | None = None, report: UploadReport | None = None) -> UploadReport:
         """Crawl ``root`` and upload each directory of images as an ImageSet of ``version``."""
         self.storage.pool_size = max(self.storage.pool_size, max_parallel_uploads)
         return await upload_tree(self.storage, root, version, extensions=extensions,
                                  max_parallel_uploads=max_parallel_uploads,
-                                 max_parallel_upserts=max_parallel_upserts, dry_run=dry_run, progress=progress)
+                                 max_parallel_upserts=max_parallel_upserts, dry_run=dry_run, progress=progress,
+                                 report=report)
+
+    async def query(self, tags: tuple[str, ...] | list[str] = (), *, any_tag: bool = False,
+                    version: str | None = None, transform: str | None = None,
+                    originals: bool = False) -> QueryResult:
+        """The complete sets with all ``tags`` (any of them with ``any_tag``; case-insensitive), of
+        ``version``, made by ``transform`` (``NAME`` or ``NAME@TV``) or ``originals`` only; sorted by
+        (path, version, transform). No tags: every complete set."""
+        filters = QueryFilter(tuple(tags), any_tag, version, transform, originals)
+        await open_for_reading(self.storage)
+        return await query_sets(self.storage, filters)
+
+    async def download(self, out: str, tags: tuple[str, ...] | list[str] = (), *, any_tag: bool = False,
+                       version: str | None = None, transform: str | None = None, originals: bool = False,
+                       manifest: str | None = None, max_parallel_downloads: int = 20,
+                       progress: ProgressSink | None = None) -> DownloadReport:
+        """Download the images of the sets ``query`` would return into ``out`` (by blob name), and
+        write ``manifest`` (``.jsonl`` or ``.csv``) if given."""
+        filters = QueryFilter(tuple(tags), any_tag, version, transform, originals)
+        self.storage.pool_size = max(self.storage.pool_size, max_parallel_downloads)
+        await open_for_reading(self.storage)
+        return await download_sets(self.storage, out, filters, manifest=manifest,
+                                   max_parallel_downloads=max_parallel_downloads, progress=progress)
+
+    async def status(self, *, repair: bool = False, max_parallel_upserts: int = 5,
+                     progress: ProgressSink | None = None) -> StatusReport:
+        """Sets by status, totals, per-transform progress and tag counts; ``repair`` indexes complete
+        sets that have no tag rows."""
+        await open_for_reading(self.storage)
+        return await corpus_status(self.storage, repair=repair, max_parallel_upserts=max_parallel_upserts,
+                                   progress=progress)
 
 
 __all__ = ["Corpus", "Crawler"]

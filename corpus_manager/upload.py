@@ -23,7 +23,7 @@ from .imagetypes import CONTENT_TYPES, NotAnImage, sniff
 from .models import COMPLETE, ORIGINAL_PARTITION, PENDING, ImageSet, SetIdentity, check_name, content_digest
 from .results import Failure, NullProgress, ProgressSink
 from .storage import BlobInfo, Storage
-from .tagindex import index_set
+from .tagindex import TagIndexWriter
 from .throttle import ThrottleWork, iterate_in_thread
 
 
@@ -31,7 +31,7 @@ from .throttle import ThrottleWork, iterate_in_thread
 class SetOutcome:
     path: str
     version: str
-    status: str  # uploaded | skipped | refused | failed | empty | planned
+    status: str  # uploaded | skipped | refused | failed | empty | planned | interrupted
     images: int = 0
     uploaded: int = 0
     already_stored: int = 0
@@ -161,16 +161,8 @@ class _SetJob:
                 up.fail(o.item.path, o.error)
                 up.progress.advance(files=1)
                 continue
-            res = o.result
-            assert res is not None
-            results.append(res)
-            if res.state == "corrupt":
-                out.corrupt += 1
-            elif res.state == "uploaded":
-                out.uploaded += 1
-                out.bytes += res.size
-            elif res.state == "stored":
-                out.already_stored += 1
+            assert o.result is not None
+            results.append(o.result)
         out.failed = failed
         good = sorted((r for r in results if r.state != "corrupt"), key=lambda r: r.file.name)
         out.images = len(good)
@@ -193,11 +185,36 @@ class _SetJob:
                              total_bytes=sum(r.size for r in good), content_digest=digest)
         entity = image_set.to_entity()
         entity["Indexed"] = False
-        self.etag = await up.upserts.run(lambda: up.storage.update_entity(up.storage.sets, entity, etag=self.etag))
+        for _attempt in range(3):
+            try:
+                self.etag = await up.upserts.run(
+                    lambda: up.storage.update_entity(up.storage.sets, entity, etag=self.etag))
+                break
+            except Conflict:
+                # another run changed the row since we read it (ETag mismatch): decide on its new state
+                current = await self.reread()
+                if current.is_complete:
+                    if current.content_digest != digest:
+                        raise ImmutableSetError(f"set {self.label} was completed meanwhile by another run with "
+                                                "different content; versions are immutable") from None
+                    if not current.indexed:
+                        await up.tag_index.add(current)
+                    out.status = "uploaded"
+                    return out
+                self.etag = current.etag
+        else:
+            raise Conflict(f"set {self.label}: its row kept changing under concurrent runs; rerun to finish it")
         image_set.etag = self.etag
-        await index_set(up.storage, image_set, up.upserts)
+        await up.tag_index.add(image_set)
         out.status = "uploaded"
         return out
+
+    async def reread(self) -> ImageSet:
+        ident = self.identity
+        entity = await self.up.storage.get_entity(self.up.storage.sets, ident.partition_key, ident.row_key)
+        if entity is None:
+            raise Conflict(f"set {self.label}: its row was deleted during the run; rerun to recreate it")
+        return ImageSet.from_entity(entity)
 
     async def verify(self, digest: str, pairs: list[tuple[str, str]], failed: int) -> SetOutcome:
         out, existing = self.outcome, self.existing
@@ -209,7 +226,7 @@ class _SetJob:
             out.status = "skipped"
             out.already_stored = len(pairs)
             if not existing.indexed:
-                await index_set(self.up.storage, existing, self.up.upserts)
+                await self.up.tag_index.add(existing)
             return out
         stored = await self.up.storage.list_prefix(self.identity.blob_prefix)
         prefix = self.identity.blob_prefix
@@ -240,11 +257,7 @@ class _SetJob:
                     self.existing = pending
                 except Conflict:
                     # another run created it meanwhile: continue from its row
-                    entity = await self.up.storage.get_entity(self.up.storage.sets, self.identity.partition_key,
-                                                              self.identity.row_key)
-                    if entity is None:
-                        raise
-                    self.existing = ImageSet.from_entity(entity)
+                    self.existing = await self.reread()
                     self.etag = self.existing.etag
                     if self.existing.is_complete:
                         raise Conflict(f"set {self.label} was completed by another run meanwhile; "
@@ -261,8 +274,10 @@ class _SetJob:
         up = self.up
         data, md5, kind, bad = await asyncio.to_thread(_read_and_check, f.path)
         res = _FileResult(f, md5.hex(), len(data))
+        out = self.outcome
         if bad is not None:
             res.state = "corrupt"
+            out.corrupt += 1
             up.failures.append(Failure(f.path, f"{bad}; not uploaded", "corrupt"))
             up.progress.advance(files=1, nbytes=len(data))
             return res
@@ -274,11 +289,14 @@ class _SetJob:
         known = self.listing.get(name)
         if known is not None and known.md5_hex == res.md5_hex and known.size == len(data):
             res.state = "stored"
+            out.already_stored += 1
         else:
             await self.ensure_row()
             assert kind is not None
             await up.storage.put_blob(name, data, content_type=CONTENT_TYPES[kind], md5=md5)
             res.state = "uploaded"
+            out.uploaded += 1
+            out.bytes += len(data)
         up.progress.advance(files=1, nbytes=len(data))
         return res
 
@@ -290,6 +308,8 @@ class _Uploader:
         self.version = version
         self.uploads = ThrottleWork(uploads)
         self.upserts = ThrottleWork(upserts)
+        # tag rows batched across sets; a set is flagged Indexed once its rows are stored
+        self.tag_index = TagIndexWriter(storage, self.upserts)
         self.progress = progress
         self.existing: dict[SetIdentity, ImageSet] = {}
         self.failures: list[Failure] = []
@@ -330,8 +350,13 @@ def _set_parallelism(uploads: int) -> int:
 async def upload_tree(storage: Storage, root: str, version: str, *, extensions: Any = None,
                       max_parallel_uploads: int = 20, max_parallel_upserts: int = 5, dry_run: bool = False,
                       progress: ProgressSink | None = None,
-                      on_crawler: Callable[[Crawler], None] | None = None) -> UploadReport:
-    """Crawl ``root`` and upload every image set as ``version``. See the module docstring."""
+                      on_crawler: Callable[[Crawler], None] | None = None,
+                      report: UploadReport | None = None) -> UploadReport:
+    """Crawl ``root`` and upload every image set as ``version``. See the module docstring.
+
+    Pass ``report`` to have it filled in place: if the run is cancelled (Ctrl-C), it still says what
+    was done and what was not.
+    """
     check_name(version, "version")
     if max_parallel_uploads < 1 or max_parallel_upserts < 1:
         raise ConfigError("--max-parallel-uploads and --max-parallel-upserts must be at least 1")
@@ -339,7 +364,9 @@ async def upload_tree(storage: Storage, root: str, version: str, *, extensions: 
     if on_crawler:
         on_crawler(crawler)
     progress = progress or NullProgress()
-    report = UploadReport(root=crawler.root, version=version, dry_run=dry_run)
+    if report is None:
+        report = UploadReport(root=crawler.root, version=version)
+    report.root, report.version, report.dry_run = crawler.root, version, dry_run
     started = time.perf_counter()
     up = _Uploader(storage, version, max_parallel_uploads, max_parallel_upserts, progress)
     if dry_run:
@@ -356,8 +383,19 @@ async def upload_tree(storage: Storage, root: str, version: str, *, extensions: 
                 progress.grow(files=len(group.files), nbytes=sum(f.size for f in group.files))
                 yield group
 
+        in_flight: dict[int, _SetJob] = {}
+
         async def run_set(group: DirGroup) -> SetOutcome:
-            return await _SetJob(up, group).run()
+            job = in_flight[id(group)] = _SetJob(up, group)
+            try:
+                result = await job.run()
+            except asyncio.CancelledError:
+                raise  # stays listed: the report names it as interrupted
+            except BaseException:
+                in_flight.pop(id(group), None)
+                raise
+            in_flight.pop(id(group), None)
+            return result
 
         try:
             async for o in ThrottleWork(_set_parallelism(max_parallel_uploads)).map(run_set, groups()):
@@ -367,8 +405,13 @@ async def upload_tree(storage: Storage, root: str, version: str, *, extensions: 
                 else:
                     assert o.result is not None
                     report.sets.append(o.result)
+            await up.tag_index.flush()
+            up.failures.extend(up.tag_index.failures)
         except (asyncio.CancelledError, KeyboardInterrupt):
             report.interrupted = True
+            for job in in_flight.values():
+                job.outcome.status = "interrupted"
+                report.sets.append(job.outcome)
             raise
         finally:
             _finish(report, up, crawler, started)

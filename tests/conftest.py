@@ -148,3 +148,17 @@ def imagemagick() -> str:
     if not exe:
         pytest.fail("ImageMagick's convert is missing: run `make test` (it installs imagemagick)")
     return exe
+
+
+def unique_png(path: Path, n: int, size: str = "16x16") -> Path:
+    """A valid, distinct PNG without a fork per file: one ImageMagick image plus a tEXt chunk saying n."""
+    import struct
+    import zlib
+
+    base = image_bytes("png", size, "plasma:")
+    iend = base.rindex(b"IEND") - 4
+    text = b"Comment\0" + str(n).encode()
+    chunk = struct.pack(">I", len(text)) + b"tEXt" + text + struct.pack(">I", zlib.crc32(b"tEXt" + text))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(base[:iend] + chunk + base[iend:])
+    return path

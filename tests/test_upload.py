@@ -15,7 +15,7 @@ from corpus_manager.cli import cli
 from corpus_manager.models import content_digest
 from corpus_manager.results import NullProgress
 
-from .conftest import image_bytes, write_image
+from .conftest import image_bytes, unique_png, write_image
 from .helpers import blobs, container_exists, md5_of, rows
 
 
@@ -113,7 +113,7 @@ def test_set_of_only_corrupt_files_gets_no_row(conn: str, corpus_name: str, tmp_
 
 def test_interrupted_run_leaves_pending_set_that_rerun_finishes(conn: str, corpus_name: str, tmp_path: Path) -> None:
     for i in range(40):
-        write_image(tmp_path / "big" / f"{i:03}.png", color=f"rgb({i},{i},{i})")
+        unique_png(tmp_path / "big" / f"{i:03}.png", i)
 
     class StopAfter(NullProgress):
         def __init__(self, task: asyncio.Task[object]) -> None:
@@ -248,3 +248,26 @@ def test_container_is_never_public(conn: str, corpus_name: str, sample_tree: Pat
             return await c.storage.container_public_access()
 
     assert asyncio.run(access()) is None
+
+
+def test_two_concurrent_uploads_of_one_root_make_one_consistent_set(conn: str, corpus_name: str,
+                                                                     tmp_path: Path) -> None:
+    for d in range(4):
+        for i in range(15):
+            unique_png(tmp_path / f"d{d}" / f"{i:02}.png", d * 100 + i)
+
+    async def both():  # type: ignore[no-untyped-def]
+        async def one():  # type: ignore[no-untyped-def]
+            async with Corpus(corpus_name, connection_string=conn) as c:
+                return await c.upload(str(tmp_path), "v1", max_parallel_uploads=4)
+
+        return await asyncio.gather(one(), one())
+
+    first, second = asyncio.run(both())
+    assert first.ok and second.ok, (first.failures, second.failures)
+    sets = rows(conn, corpus_name)
+    assert len(sets) == 4 and all(r["Status"] == "complete" and r["ImageCount"] == 15 for r in sets)
+    assert len(blobs(conn, corpus_name)) == 60
+    assert len(rows(conn, corpus_name, "tags")) == 4
+    report, _ = upload(conn, corpus_name, tmp_path)
+    assert report.sets_skipped == 4 and report.files_uploaded == 0

@@ -1,0 +1,385 @@
+"""The upload suite (issue 5): scenarios a-d, the targets, and the CPU profile of `corpus upload`.
+
+(a) first upload of 2,000 files of 20 KB in 100 dirs; (b) the no-op rerun of (a) into the same
+containers; (c) 200 files of 2 MB; (d) the crawl and plan of 100,000 files of 1 KB (`--dry-run`),
+and of 10,000 beside it to show whether memory grows with the corpus.
+
+Each round runs every contender once per scenario, in an order rotated from round to round, so a
+slow minute of the machine (or Azurite's own housekeeping) does not always land on the same one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import contenders as cs
+from .common import Context, Row, Sample
+from .corpora import CorpusSpec, make_corpus
+
+KB, MB = 1 << 10, 1 << 20
+
+
+@dataclass(frozen=True)
+class Sizes:
+    a: CorpusSpec
+    c: CorpusSpec
+    d_small: CorpusSpec
+    d_large: CorpusSpec
+    warmup: CorpusSpec
+
+
+FULL = Sizes(
+    a=CorpusSpec(100, 20, 20 * KB),
+    c=CorpusSpec(10, 20, 2 * MB),
+    d_small=CorpusSpec(100, 100, KB),
+    d_large=CorpusSpec(1000, 100, KB),
+    warmup=CorpusSpec(5, 20, 20 * KB, seed=2),
+)
+QUICK = Sizes(
+    a=CorpusSpec(10, 20, 20 * KB),
+    c=CorpusSpec(4, 5, 2 * MB),
+    d_small=CorpusSpec(10, 100, KB),
+    d_large=CorpusSpec(100, 100, KB),
+    warmup=CorpusSpec(2, 10, 20 * KB, seed=2),
+)
+
+SCENARIOS = {
+    "a": "first upload, {a}",
+    "b": "no-op rerun of (a)",
+    "c": "first upload, {c}",
+    "d": "crawl + plan (--dry-run), {d_small} and {d_large}",
+}
+ANCHOR = "rclone"
+CEILING_PUT, CEILING_CRAWL = "bare-put", "bare-crawl"
+
+
+def scenario_ids(sizes: Sizes, wanted: list[str]) -> list[str]:
+    ids: list[str] = []
+    for s in wanted:
+        ids += [f"d@{sizes.d_small.files}", f"d@{sizes.d_large.files}"] if s == "d" else [s]
+    return ids
+
+
+def describe(sizes: Sizes) -> dict[str, str]:
+    fmt = {k: getattr(sizes, k).describe() for k in ("a", "c", "d_small", "d_large")}
+    out = {k: v.format(**fmt) for k, v in SCENARIOS.items() if k != "d"}
+    out[f"d@{sizes.d_small.files}"] = f"crawl + plan (--dry-run), {fmt['d_small']}"
+    out[f"d@{sizes.d_large.files}"] = f"crawl + plan (--dry-run), {fmt['d_large']}"
+    return out
+
+
+def anchors_and_ceilings(ids: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+    anchors = dict.fromkeys(ids, ANCHOR)
+    ceilings = {i: CEILING_CRAWL if i.startswith("d@") else CEILING_PUT for i in ids if i != "b"}
+    return anchors, ceilings
+
+
+def make_corpora(sizes: Sizes, wanted: list[str], where: Path) -> dict[str, Path]:
+    roots = {"warmup": make_corpus(sizes.warmup, where)}
+    if "a" in wanted or "b" in wanted:
+        roots["a"] = make_corpus(sizes.a, where)
+    if "c" in wanted:
+        roots["c"] = make_corpus(sizes.c, where)
+    if "d" in wanted:
+        roots["d_small"] = make_corpus(sizes.d_small, where)
+        roots["d_large"] = make_corpus(sizes.d_large, where)
+    return roots
+
+
+def _rotate(items: list[cs.Contender], by: int) -> list[cs.Contender]:
+    by %= max(1, len(items))
+    return items[by:] + items[:by]
+
+
+class UploadSuite:
+    def __init__(self, ctx: Context, sizes: Sizes, wanted: list[str], roots: dict[str, Path]) -> None:
+        self.ctx = ctx
+        self.sizes = sizes
+        self.wanted = wanted
+        self.roots = roots
+        self.contenders = cs.build(ctx)
+        self.samples: list[Sample] = []
+
+    # ----- one measured step ---------------------------------------------------------------------
+    def _step(
+        self,
+        scenario: str,
+        name: str,
+        rnd: int,
+        inv: cs.Invocation,
+        target: cs.Target,
+        spec: CorpusSpec,
+        record: bool = True,
+    ) -> bool:
+        label = f"r{rnd}-{scenario.replace('@', '_')}-{name.replace(':', '_')}"
+        m = self.ctx.run(inv.argv, inv.env, label)
+        reason = ""
+        if m.timed_out:
+            reason = f"timed out after {self.ctx.timeout:.0f} s"
+        elif m.returncode != 0:
+            reason = f"exit {m.returncode}: {m.stderr.strip().splitlines()[-1] if m.stderr.strip() else ''}"
+        else:
+            reason = inv.check_output(m.stdout)
+        if not reason and inv.expect_blobs is not None:
+            got = self.ctx.endpoint.count_blobs(target.container)
+            if got != inv.expect_blobs:
+                reason = f"container holds {got} blobs, expected {inv.expect_blobs}"
+        ok = not reason
+        server = f", server {m.server_cpu:.2f} s CPU" if m.server_cpu is not None else ""
+        status = "ok" if ok else f"FAILED ({reason}); logs: {self.ctx.log_dir / label}.*"
+        where = f"round {rnd}" if rnd else "warm-up"
+        print(
+            f"  {where:8} {scenario:9} {name:14} {m.wall:7.2f} s wall {m.cpu:6.2f} s CPU "
+            f"{m.maxrss_mb:6.0f} MB{server}  {status}",
+            flush=True,
+        )
+        if record:
+            self.samples.append(Sample.of(scenario, name, rnd, spec.files, spec.total_bytes, m, ok, reason))
+        return ok
+
+    # ----- scenarios -----------------------------------------------------------------------------
+    def warmup(self) -> None:
+        """One unrecorded upload each: Azurite's JIT, the page cache and .pyc files start warm for all."""
+        spec, src = self.sizes.warmup, self.roots["warmup"]
+        for c in self.contenders:
+            t = c.target(self.ctx, "w")
+            self._step("warmup", c.name, 0, c.upload(self.ctx, src, t, spec.files), t, spec, record=False)
+            self.ctx.endpoint.drop(t.container, t.tables)
+
+    def round(self, rnd: int) -> None:
+        order = _rotate(self.contenders, rnd - 1)
+        if "a" in self.wanted or "b" in self.wanted:
+            self._first_and_rerun(rnd, order)
+        if "c" in self.wanted:
+            spec, src = self.sizes.c, self.roots["c"]
+            for c in order:
+                t = c.target(self.ctx, "c")
+                self._step("c", c.name, rnd, c.upload(self.ctx, src, t, spec.files), t, spec)
+                self.ctx.endpoint.drop(t.container, t.tables)
+        if "d" in self.wanted:
+            for key in ("d_small", "d_large"):
+                spec, src = getattr(self.sizes, key), self.roots[key]
+                for c in order:
+                    t = c.target(self.ctx, "d")
+                    inv = c.plan(self.ctx, src, t, spec.files)
+                    if inv is not None:
+                        name = CEILING_CRAWL if c.kind == "bare" else c.name
+                        self._step(f"d@{spec.files}", name, rnd, inv, t, spec)
+                    self.ctx.endpoint.drop(t.container, t.tables)
+
+    def _first_and_rerun(self, rnd: int, order: list[cs.Contender]) -> None:
+        spec, src = self.sizes.a, self.roots["a"]
+        done: list[tuple[cs.Contender, cs.Target, bool]] = []
+        for c in order:
+            t = c.target(self.ctx, "a")
+            ok = self._step(
+                "a", c.name, rnd, c.upload(self.ctx, src, t, spec.files), t, spec, record="a" in self.wanted
+            )
+            done.append((c, t, ok))
+        if "b" in self.wanted:
+            for c, t, ok in done:
+                inv = c.rerun(self.ctx, src, t, spec.files)
+                if inv is not None and ok:  # a rerun of a failed upload would measure an upload
+                    self._step("b", c.name, rnd, inv, t, spec)
+        for _, t, _ in done:
+            self.ctx.endpoint.drop(t.container, t.tables)
+
+    def run(self) -> list[Sample]:
+        print(f"bench: warm-up ({self.sizes.warmup.describe()})", flush=True)
+        self.warmup()
+        for rnd in range(1, self.ctx.rounds + 1):
+            print(f"bench: round {rnd} of {self.ctx.rounds}", flush=True)
+            self.round(rnd)
+        return self.samples
+
+    # ----- profile -------------------------------------------------------------------------------
+    def profile(self, out_dir: Path) -> dict[str, Any]:
+        """py-spy over `corpus upload` of scenario (a), per corpus variant; where the client CPU goes."""
+        from . import profile, tools
+
+        results: dict[str, Any] = {}
+        spec, src = self.sizes.a, self.roots["a"]
+        spy = tools.py_spy()
+        for c in self.contenders:
+            if not isinstance(c, cs.Corpus):
+                continue
+            t = c.target(self.ctx, "p")
+            inv = c.upload(self.ctx, src, t, spec.files)
+            raw = out_dir / f"profile-a-{c.name.replace(':', '_')}.txt"
+            # --nonblocking: py-spy reads the child's memory without pausing it, so the profile costs
+            # the child (almost) nothing; 200 Hz gives a few thousand samples for a run of seconds.
+            argv = [spy, "record", "--format", "raw", "--rate", "200", "--nonblocking", "-o", str(raw), "--", *inv.argv]
+            m = self.ctx.run(argv, inv.env, f"profile-{c.name.replace(':', '_')}")
+            self.ctx.endpoint.drop(t.container, t.tables)
+            if m.returncode != 0 or not raw.exists():
+                results[c.name] = {"error": f"py-spy exited {m.returncode}: {m.stderr.strip()[-300:]}"}
+                continue
+            results[c.name] = {"raw": str(raw), "wall": round(m.wall, 2), **profile.analyze(raw)}
+        return results
+
+
+# ----- targets (issue 5) -------------------------------------------------------------------------
+@dataclass
+class Verdict:
+    scenario: str
+    contender: str
+    target: str
+    measured: str
+    passed: bool | None  # None: not measured in this run
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _fmt(x: float | None, unit: str = "x") -> str:
+    return "n/a" if x is None else f"{x:.2f}{unit}"
+
+
+def targets(rows: list[Row], sizes: Sizes, corpus_names: list[str]) -> list[Verdict]:
+    by = {(r.scenario, r.contender): r for r in rows}
+    out: list[Verdict] = []
+    small, large = f"d@{sizes.d_small.files}", f"d@{sizes.d_large.files}"
+    for name in corpus_names:
+        a, b, c = by.get(("a", name)), by.get(("b", name)), by.get(("c", name))
+        rb = by.get(("b", ANCHOR))
+        out.append(
+            Verdict(
+                "a",
+                name,
+                "files/s vs rclone >= 1.5x",
+                _fmt(a and a.speed_vs_anchor),
+                None if a is None or a.speed_vs_anchor is None else a.speed_vs_anchor >= 1.5,
+            )
+        )
+        out.append(
+            Verdict(
+                "a",
+                name,
+                "client CPU per file vs rclone <= 1.0x",
+                _fmt(a and a.cpu_vs_anchor),
+                None if a is None or a.cpu_vs_anchor is None else a.cpu_vs_anchor <= 1.0,
+            )
+        )
+        wall_ratio = b.wall / rb.wall if b is not None and rb is not None and rb.wall > 0 else None
+        detail = (
+            f"{_fmt(wall_ratio)} ({b.wall:.2f} s vs {rb.wall:.2f} s)" if wall_ratio is not None and b and rb else "n/a"
+        )
+        out.append(
+            Verdict(
+                "b",
+                name,
+                "no-op rerun wall vs rclone's rerun <= 1.0x",
+                detail,
+                None if wall_ratio is None else wall_ratio <= 1.0,
+            )
+        )
+        out.append(
+            Verdict(
+                "c",
+                name,
+                "MB/s vs rclone >= 1.0x",
+                _fmt(c and c.speed_vs_anchor),
+                None if c is None or c.speed_vs_anchor is None else c.speed_vs_anchor >= 1.0,
+            )
+        )
+        ds, dl = by.get((small, name)), by.get((large, name))
+        out.append(
+            Verdict(
+                large,
+                name,
+                f"peak RSS for {sizes.d_large.files:,} files <= 150 MB",
+                _fmt(dl and dl.maxrss_mb, " MB"),
+                None if dl is None else dl.maxrss_mb <= 150,
+            )
+        )
+        growth = dl.maxrss_mb / ds.maxrss_mb if dl is not None and ds is not None and ds.maxrss_mb > 0 else None
+        flat = (
+            f"{_fmt(growth)} ({ds.maxrss_mb:.0f} MB -> {dl.maxrss_mb:.0f} MB)"
+            if growth is not None and ds and dl
+            else "n/a"
+        )
+        out.append(
+            Verdict(
+                "d",
+                name,
+                f"RSS flat {sizes.d_small.files:,} -> {sizes.d_large.files:,} files (<= 1.2x)",
+                flat,
+                None if growth is None else growth <= 1.2,
+            )
+        )
+    return out
+
+
+def render_table(rows: list[Row], descriptions: dict[str, str]) -> str:
+    head = [
+        "scenario",
+        "contender",
+        "wall s",
+        "(min-max)",
+        "CPU s",
+        "RSS MB",
+        "files/s",
+        "MB/s",
+        "vs rclone",
+        "CPU vs rc",
+        "of ceiling",
+        "server CPU s",
+    ]
+    lines = [
+        [
+            r.scenario,
+            r.contender + (f" ({r.failed_rounds} failed)" if r.failed_rounds else ""),
+            f"{r.wall:.2f}",
+            f"{r.wall_min:.2f}-{r.wall_max:.2f}",
+            f"{r.cpu:.2f}",
+            f"{r.maxrss_mb:.0f}",
+            f"{r.files_per_s:,.0f}",
+            f"{r.mb_per_s:.1f}",
+            _fmt(r.speed_vs_anchor),
+            _fmt(r.cpu_vs_anchor),
+            _fmt(r.of_ceiling),
+            "n/a" if r.server_cpu is None else f"{r.server_cpu:.2f}",
+        ]
+        for r in rows
+    ]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *lines, strict=False)]
+    out = ["  ".join(h.ljust(w) if i < 2 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths, strict=True)))]
+    out.append("  ".join("-" * w for w in widths))
+    for line in lines:
+        out.append(
+            "  ".join(x.ljust(w) if i < 2 else x.rjust(w) for i, (x, w) in enumerate(zip(line, widths, strict=True)))
+        )
+    legend = ["", "scenarios:"] + [f"  {k}: {v}" for k, v in descriptions.items()]
+    legend.append(
+        "vs rclone = rclone's wall / this wall (>1 faster); CPU vs rc = this client CPU / rclone's "
+        "(<1 cheaper); of ceiling = bare-put (bare-crawl for d) wall / this wall. Medians over rounds."
+    )
+    return "\n".join(out + legend)
+
+
+def render_targets(verdicts: list[Verdict], quick: bool) -> str:
+    head = ["scenario", "contender", "target", "measured", "result"]
+    lines = [
+        [v.scenario, v.contender, v.target, v.measured, "n/a" if v.passed is None else ("PASS" if v.passed else "MISS")]
+        for v in verdicts
+    ]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *lines, strict=False)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)), "  ".join("-" * w for w in widths)]
+    out += ["  ".join(x.ljust(w) for x, w in zip(line, widths, strict=True)) for line in lines]
+    if quick:
+        out.append("(--quick: small sizes, a smoke run; the targets are defined for the full sizes)")
+    return "\n".join(out)
+
+
+def iter_rows_json(rows: list[Row]) -> Iterator[dict[str, Any]]:
+    for r in rows:
+        yield r.to_json()
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")

@@ -1,0 +1,324 @@
+"""``corpus download``: the sets a query selects, onto local disk by blob name, with a manifest.
+
+Each selected set is listed once (its blobs directly under its prefix); every blob goes through one
+``ThrottleWork`` bound (``--max-parallel-downloads``), the same runner and kind of bound as uploads.
+A blob lands at ``OUT/<blob name>`` only if that path is provably inside OUT: names with ``..`` or
+``.`` segments, empty segments, a leading ``/``, a backslash, a drive letter or a control character
+are refused, and the resolved path (symbolic links followed) must still be under OUT. A file already
+there with the blob's size and MD5 is kept; anything else is streamed to a temporary file beside the
+target, hashed as it arrives, checked against the blob's Content-MD5 and only then renamed into place,
+so a target is never half-written and a mismatch never passes silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import hashlib
+import json
+import os
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, CorpusError
+from .query import QueryFilter, SetRow, query_sets
+from .results import Failure, NullProgress, ProgressSink
+from .storage import BlobInfo, Storage
+from .throttle import ThrottleWork
+
+MANIFEST_FIELDS = ("local_path", "blob_name", "set_path", "tags", "version", "transform_name",
+                   "transform_version", "bytes", "md5")
+_HASH_CHUNK = 1 << 20
+_DRIVE = re.compile(r"^[A-Za-z]:")
+# Spreadsheets run a cell that starts with one of these as a formula.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+class UnsafeBlobName(CorpusError):
+    """A blob name that would land outside --out (or cannot be a portable local path)."""
+
+
+class ChecksumMismatch(CorpusError):
+    """What arrived is not what the blob's Content-MD5 says it is."""
+
+
+def local_target(out_root: Path, blob_name: str) -> Path:
+    """Where a blob goes under ``out_root`` (already resolved), or UnsafeBlobName."""
+    if not blob_name:
+        raise UnsafeBlobName("empty blob name")
+    if "\\" in blob_name:
+        raise UnsafeBlobName("a backslash in a blob name could be a path separator")
+    if blob_name.startswith("/"):
+        raise UnsafeBlobName("an absolute blob name")
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in blob_name):
+        raise UnsafeBlobName("a control character in a blob name")
+    for segment in blob_name.split("/"):
+        if segment in (".", ".."):
+            raise UnsafeBlobName(f"a {segment!r} path segment")
+        if not segment:
+            raise UnsafeBlobName("an empty path segment")
+        if _DRIVE.match(segment):
+            raise UnsafeBlobName(f"a drive letter in the path segment {segment!r}")
+    target = out_root.joinpath(*blob_name.split("/"))
+    # a symbolic link planted under OUT must not lead the write elsewhere
+    if not target.resolve().is_relative_to(out_root):
+        raise UnsafeBlobName("the path leaves the output directory (through a symbolic link)")
+    return target
+
+
+def manifest_kind(path: str) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    if suffix == ".csv":
+        return "csv"
+    raise ConfigError(f"--manifest {path!r}: the extension must be .jsonl (JSON lines) or .csv")
+
+
+def neutralise_cell(value: Any) -> Any:
+    """A text cell a spreadsheet would run as a formula gets a leading apostrophe (shown, not run)."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+@dataclass
+class FileRecord:
+    """One image on disk: a manifest record."""
+
+    local_path: str
+    blob_name: str
+    set_path: str
+    tags: list[str]
+    version: str
+    transform_name: str
+    transform_version: str
+    bytes: int
+    md5: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class DownloadReport:
+    out: str
+    manifest: str | None = None
+    sets: int = 0
+    files_downloaded: int = 0
+    files_present: int = 0
+    files_failed: int = 0
+    files_refused: int = 0
+    bytes_downloaded: int = 0
+    elapsed: float = 0.0
+    failures: list[Failure] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    records: list[FileRecord] = field(default_factory=list)
+
+    @property
+    def files_per_second(self) -> float:
+        return self.files_downloaded / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failures else 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "out": self.out,
+            "manifest": self.manifest,
+            "sets": self.sets,
+            "files": {"downloaded": self.files_downloaded, "already_present": self.files_present,
+                      "failed": self.files_failed, "refused": self.files_refused},
+            "bytes_downloaded": self.bytes_downloaded,
+            "elapsed_seconds": round(self.elapsed, 3),
+            "files_per_second": round(self.files_per_second, 1),
+            "failures": [f.to_json() for f in self.failures],
+            "warnings": self.warnings,
+        }
+
+
+def _md5_file(path: Path) -> tuple[str, int] | None:
+    """MD5 hex and size of a local file, or None when it is not a readable regular file."""
+    try:
+        if not path.is_file():
+            return None
+        h = hashlib.md5(usedforsecurity=False)
+        size = 0
+        with open(path, "rb") as fh:
+            while chunk := fh.read(_HASH_CHUNK):
+                h.update(chunk)
+                size += len(chunk)
+        return h.hexdigest(), size
+    except OSError:
+        return None
+
+
+class _Downloader:
+    def __init__(self, storage: Storage, out_root: Path, limit: int, progress: ProgressSink,
+                 report: DownloadReport) -> None:
+        self.storage = storage
+        self.out_root = out_root
+        self.limit = limit
+        self.progress = progress
+        self.report = report
+
+    async def listed(self, sets: list[SetRow]) -> AsyncIterator[tuple[SetRow, BlobInfo]]:
+        """Each set's blobs, as its listing arrives (listings overlap the downloads of earlier sets)."""
+        async for o in ThrottleWork(self.limit).map(lambda s: self.storage.list_prefix(s.blob_prefix), sets):
+            row = o.item
+            if o.error is not None:
+                self.report.failures.append(Failure(row.blob_prefix, f"cannot list the set: {o.error}"))
+                continue
+            blobs = o.result or {}
+            if len(blobs) != row.images:
+                note = (f"set {row.identity} lists {len(blobs)} blobs under {row.blob_prefix} but its row "
+                        f"says {row.images} images")
+                self.report.warnings.append(note)
+                self.progress.note(note)
+            self.progress.grow(files=len(blobs), nbytes=sum(b.size for b in blobs.values()))
+            for name in sorted(blobs):
+                yield row, blobs[name]
+
+    async def one(self, item: tuple[SetRow, BlobInfo]) -> tuple[str, FileRecord]:
+        row, blob = item
+        target = local_target(self.out_root, blob.name)
+        if not blob.md5_hex:
+            raise ChecksumMismatch("the blob has no Content-MD5 to check against; not downloaded")
+        local = await asyncio.to_thread(_md5_file, target)
+        if local == (blob.md5_hex, blob.size):
+            return "present", self.record(row, target, blob.name, blob.size, blob.md5_hex)
+        md5_hex, size = await self.fetch(blob, target)
+        return "downloaded", self.record(row, target, blob.name, size, md5_hex)
+
+    async def fetch(self, blob: BlobInfo, target: Path) -> tuple[str, int]:
+        await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
+        temp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
+        h = hashlib.md5(usedforsecurity=False)
+        size = 0
+        fh = await asyncio.to_thread(open, temp, "xb")
+        try:
+            async def write(chunk: bytes) -> None:
+                nonlocal size
+                h.update(chunk)
+                size += len(chunk)
+                await asyncio.to_thread(fh.write, chunk)
+
+            try:
+                props = await self.storage.download_to(blob.name, write)
+            finally:
+                await asyncio.to_thread(fh.close)
+            # the blob may have been replaced since the listing: its own Content-MD5 is the authority
+            expected = props.md5_hex or blob.md5_hex
+            if h.hexdigest() != expected:
+                raise ChecksumMismatch(f"downloaded content has MD5 {h.hexdigest()} but the blob's Content-MD5 "
+                                       f"is {expected}; not written")
+            await asyncio.to_thread(os.replace, temp, target)
+        except BaseException:
+            await asyncio.to_thread(_unlink_quietly, temp)
+            raise
+        return h.hexdigest(), size
+
+    @staticmethod
+    def record(row: SetRow, target: Path, name: str, size: int, md5_hex: str) -> FileRecord:
+        return FileRecord(local_path=str(target), blob_name=name, set_path=row.path, tags=list(row.tags),
+                          version=row.version, transform_name=row.transform_name,
+                          transform_version=row.transform_version, bytes=size, md5=md5_hex)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, CorpusError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return f"cannot write: {exc.strerror or exc}"
+    return f"{exc.__class__.__name__}: {exc}"
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
+def write_manifest(path: str, records: list[FileRecord]) -> None:
+    """JSON lines or CSV by extension, written whole to a temporary file and renamed into place."""
+    kind = manifest_kind(path)
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
+    try:
+        with open(temp, "w", encoding="utf-8", newline="") as fh:
+            if kind == "jsonl":
+                for r in records:
+                    fh.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
+            else:
+                writer = csv.writer(fh)
+                writer.writerow(MANIFEST_FIELDS)
+                for r in records:
+                    cells = r.to_json()
+                    cells["tags"] = json.dumps(r.tags, ensure_ascii=False)  # one unambiguous cell
+                    writer.writerow([neutralise_cell(cells[k]) for k in MANIFEST_FIELDS])
+        os.replace(temp, target)
+    except BaseException:
+        _unlink_quietly(temp)
+        raise
+
+
+async def download_sets(storage: Storage, out: str, filters: QueryFilter | None = None, *,
+                        manifest: str | None = None, max_parallel_downloads: int = 20,
+                        progress: ProgressSink | None = None) -> DownloadReport:
+    """Download every image of the complete sets ``filters`` selects into ``out``. See the module docstring."""
+    if max_parallel_downloads < 1:
+        raise ConfigError("--max-parallel-downloads must be at least 1")
+    if manifest is not None:
+        manifest_kind(manifest)  # a usage error before any work
+    out_path = Path(out).expanduser()
+    if out_path.exists() and not out_path.is_dir():
+        raise ConfigError(f"--out {out!r} exists and is not a directory")
+    progress = progress or NullProgress()
+    started = time.perf_counter()
+    result = await query_sets(storage, filters)
+    report = DownloadReport(out=str(out_path.resolve()), manifest=str(Path(manifest).resolve()) if manifest else None,
+                            sets=len(result.sets))
+    for p in result.problems:
+        report.failures.append(p)
+        progress.note(str(p))
+    try:
+        out_path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out {out!r} cannot be created: {exc.strerror or exc}") from None
+    out_root = out_path.resolve()
+    dl = _Downloader(storage, out_root, max_parallel_downloads, progress, report)
+    try:
+        async for o in ThrottleWork(max_parallel_downloads).map(dl.one, dl.listed(result.sets)):
+            _, blob = o.item
+            if o.error is not None:
+                if isinstance(o.error, UnsafeBlobName):
+                    report.files_refused += 1
+                    report.failures.append(Failure(blob.name, f"{o.error}; not written", "refused"))
+                else:
+                    report.files_failed += 1
+                    report.failures.append(Failure(blob.name, _reason(o.error)))
+                progress.advance(files=1)
+                continue
+            assert o.result is not None
+            state, rec = o.result
+            if state == "downloaded":
+                report.files_downloaded += 1
+                report.bytes_downloaded += rec.bytes
+            else:
+                report.files_present += 1
+            report.records.append(rec)
+            progress.advance(files=1, nbytes=rec.bytes)
+    finally:
+        report.records.sort(key=lambda r: r.blob_name)
+        report.failures.sort(key=lambda f: (f.kind, f.item))
+        report.elapsed = time.perf_counter() - started
+    if manifest is not None:
+        await asyncio.to_thread(write_manifest, manifest, report.records)
+    return report
