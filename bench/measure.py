@@ -1,26 +1,27 @@
 """Run one contender as a child process and measure it the way the kernel sees it.
 
-``os.wait4`` gives the child's own user and system CPU and its peak RSS (``ru_maxrss``, which on
-Linux also covers any grandchildren it waited for), so every contender, Python or Go, is measured
-by the same rule and nothing of the harness itself is counted. When the harness owns the Azurite
-process, the server's CPU over the same interval is read from /proc: on a 2-core machine the
-server shares the CPU with the client, so a contender that makes the server work harder is slower
-for that reason too, and the column shows it.
+``os.wait4`` (in launch.py, a tiny launcher: see there why) gives the child's own user and system
+CPU and its peak RSS (``ru_maxrss``, which on Linux also covers any grandchildren it waited for), so
+every contender, Python or Go, is measured by the same rule and nothing of the harness is counted.
+When the harness owns the Azurite process, the server's CPU over the same interval is read from
+/proc: on a 2-core machine the server shares the CPU with the client, so a contender that makes
+the server work harder is slower for that reason too, and the column shows it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
-import threading
-import time
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 _TICKS = os.sysconf("SC_CLK_TCK")
+LAUNCH = Path(__file__).resolve().parent / "launch.py"
 
 
 @dataclass
@@ -62,41 +63,42 @@ def run_measured(
     server_pid: int | None = None,
     timeout: float = 900.0,
 ) -> Measured:
-    """Run ``argv`` to completion; stdout and stderr go to files under ``out_dir`` (kept for post-mortems)."""
+    """Run ``argv`` to completion through launch.py; stdout and stderr go to files under ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    out_path, err_path = out_dir / f"{label}.out", out_dir / f"{label}.err"
+    out_path, err_path, res_path = (out_dir / f"{label}.{ext}" for ext in ("out", "err", "rusage.json"))
+    res_path.unlink(missing_ok=True)
     timed_out = False
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         server_before = process_cpu(server_pid)
-        started = time.perf_counter()
-        # A session of its own, so a timeout can stop the child and anything it started.
+        # A session of its own, so a timeout stops the launcher and the contender (and its children).
         proc = subprocess.Popen(
-            list(argv), env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True
+            [sys.executable, "-S", "-I", str(LAUNCH), str(res_path), "--", *argv],
+            env=dict(env),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
         )
-
-        def kill() -> None:
-            nonlocal timed_out
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
             timed_out = True
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-
-        timer = threading.Timer(timeout, kill)
-        timer.start()
-        try:
-            # wait4 and not Popen.wait: it is the call that returns the child's rusage.
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            timer.cancel()
-        wall = time.perf_counter() - started
+            proc.wait()
         server_after = process_cpu(server_pid)
-    proc.returncode = os.waitstatus_to_exitcode(status)  # tell Popen it is reaped
     server = None if server_before is None or server_after is None else server_after - server_before
+    try:
+        r = json.loads(res_path.read_text())
+    except (OSError, ValueError):
+        r = {"wall": float("nan"), "user": 0.0, "sys": 0.0, "maxrss_kb": 0, "returncode": -1}
     return Measured(
-        wall=wall,
-        user=usage.ru_utime,
-        sys=usage.ru_stime,
-        maxrss_mb=usage.ru_maxrss / 1024,
-        returncode=proc.returncode,
+        wall=r["wall"],
+        user=r["user"],
+        sys=r["sys"],
+        maxrss_mb=r["maxrss_kb"] / 1024,
+        returncode=r["returncode"],
         stdout=out_path.read_text(errors="replace"),
         stderr=err_path.read_text(errors="replace")[-4000:],
         server_cpu=server,

@@ -108,8 +108,8 @@ def render(name: str, result: dict[str, Any], top: int = 10) -> str:
     if "error" in result:
         return f"profile of {name}: {result['error']}"
     lines = [
-        f"profile of {name} (scenario a, {result['samples']} samples at 200 Hz, wall {result['wall']} s "
-        f"under py-spy): {result['raw']}"
+        f"profile of {name} ({result['samples']} samples at 200 Hz, wall {result['wall']} s under py-spy): "
+        f"{result['raw']}"
     ]
     for key, title in (
         ("phase", "phase"),

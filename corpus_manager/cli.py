@@ -22,10 +22,12 @@ from .corpus import Corpus
 from .download import DownloadReport, neutralise_cell
 from .errors import CorpusError
 from .imagetypes import DEFAULT_EXTENSIONS
+from .models import ImageTransform
 from .progress import BarProgress, human_bytes
 from .query import QueryResult
 from .results import Failure
 from .status import StatusReport
+from .transform import TransformReport
 from .upload import UploadReport
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -294,7 +296,9 @@ def download(tags: tuple[str, ...], any_tag: bool, version: str | None, transfor
 
 
 def format_download(r: DownloadReport) -> str:
-    if r.files_downloaded == 0 and not r.failures and r.records:
+    if r.sets == 0 and not r.failures:
+        head = "Nothing to download: no complete set matches."
+    elif r.files_downloaded == 0 and not r.failures and r.records:
         head = f"Nothing to download: all {len(r.records)} files of {r.sets} sets are already in {r.out}."
     else:
         head = f"Downloaded {r.sets} sets to {r.out}"
@@ -366,6 +370,103 @@ def format_status(r: StatusReport, top: int = 10) -> str:
         width = max((len(t) for t, _ in shown), default=0)
         lines += [f"    {t.ljust(width)}  {n}" for t, n in shown]
     return "\n".join(lines)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--version", "version", required=True, help="Version of this transform (immutable once registered).")
+@click.option("--op", "ops", multiple=True, metavar="OP[=ARG]",
+              help="An operation, in order (repeatable): resize=256x256, charcoal=2, format=png, ...")
+@click.option("--spec", "spec_file", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="A TOML or JSON file listing the operations (instead of --op).")
+@click.option("--tag", "tags", multiple=True, help="Only source sets with this tag (repeatable: all of them).")
+@click.option("--source-version", default=None, help="Only source sets of this version.")
+@click.option("--from", "source", default=None, metavar="NAME2@TV2",
+              help="Transform the outputs of transform NAME2@TV2 instead of the originals.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Worker processes for ImageMagick [default: all cores].")
+@click.option("--dry-run", is_flag=True, help="List the sets that would be processed; write nothing.")
+@output_options
+@connection_options
+def transform(name: str, version: str, ops: tuple[str, ...], spec_file: str | None, tags: tuple[str, ...],
+              source_version: str | None, source: str | None, workers: int | None, dry_run: bool, as_json: bool,
+              connection_string: str | None, account_url: str | None, corpus: str) -> None:
+    """Apply transform NAME (ImageMagick operations) to every complete source set without its output yet."""
+    partial = TransformReport(name, version)
+
+    async def go() -> TransformReport:
+        async with _open(connection_string, account_url, corpus) as c:
+            with BarProgress(f"transform {name}@{version}") as bar:
+                return await c.transform(name, version, ops=ops, spec_file=spec_file, tags=tags,
+                                         source_version=source_version, source=source, workers=workers,
+                                         dry_run=dry_run, progress=bar, report=partial)
+
+    def interrupted() -> None:
+        partial.interrupted = True
+        _print_json(partial.to_json()) if as_json else click.echo(format_transform(partial))
+
+    report = _run(go, interrupted)
+    if as_json:
+        _print_json(report.to_json())
+    else:
+        _print_failures(report.failures)
+        click.echo(format_transform(report))
+    sys.exit(report.exit_code)
+
+
+def format_transform(r: TransformReport) -> str:
+    label = f"{r.name}@{r.version}"
+    if r.dry_run:
+        planned = [s for s in r.sets if s.status == "planned"]
+        lines = [f"Dry run: transform {label} (`{r.command_line}`) would process {len(planned)} sets "
+                 f"({sum(s.images for s in planned)} images) from {r.source}; {r.sets_skipped} already done."]
+        lines += [f"  {s.path or '(root)'}@{s.version}: {s.images} images" for s in planned[:20]]
+        if len(planned) > 20:
+            lines.append(f"  ... and {len(planned) - 20} more sets")
+        return "\n".join(lines)
+    if r.interrupted:
+        head = f"Interrupted: transform {label} is partly done; unfinished sets stay pending and a rerun finishes them"
+    elif not r.sets_transformed and not r.failures:
+        head = f"Nothing to transform: every matching set already has a complete {label} output."
+    else:
+        head = f"Transformed with {label} (`{r.command_line}`) from {r.source}"
+    images = sum(s.transformed for s in r.sets)
+    lines = [
+        head,
+        f"  sets        {len(r.sets)} total: {r.sets_transformed} transformed, {r.sets_skipped} already done, "
+        f"{r.sets_failed} failed" + (f", {r._count('interrupted')} interrupted" if r.interrupted else ""),
+        f"  images      {images} transformed, {sum(s.already_done for s in r.sets)} already done, "
+        f"{sum(s.failed for s in r.sets)} failed",
+        f"  time        {r.elapsed:.1f} s with {r.workers} workers ({r.images_per_second:.1f} images/s)",
+    ]
+    if r.failures:
+        lines.append(f"  problems    {len(r.failures)} (listed above on stderr); failed sets stay pending, "
+                     "rerun to retry them")
+    return "\n".join(lines)
+
+
+@cli.command(name="transforms")
+@output_options
+@connection_options
+def transforms_command(as_json: bool, connection_string: str | None, account_url: str | None, corpus: str) -> None:
+    """List the registered transforms with their specs."""
+
+    async def go() -> list[ImageTransform]:
+        async with _open(connection_string, account_url, corpus) as c:
+            return await c.transforms()
+
+    items = _run(go)
+    if as_json:
+        _print_json([{"name": t.name, "version": t.version, "command_line": t.command_line,
+                      "spec": json.loads(t.spec), "spec_digest": t.spec_digest, "source": t.source,
+                      "created_at": t.created_at, "imagemagick_version": t.imagemagick_version} for t in items])
+        return
+    if not items:
+        click.echo("No transforms registered yet.")
+        return
+    width = max(len(f"{t.name}@{t.version}") for t in items)
+    for t in items:
+        click.echo(f"{t.name + '@' + t.version:<{width}}  {t.command_line}  (from {t.source}, {t.created_at})")
 
 
 def main() -> None:

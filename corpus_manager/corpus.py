@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from typing import Any
 
 from .config import connection_from_settings, corpus_from_settings
 from .crawler import Crawler
 from .download import DownloadReport, download_sets
+from .models import ImageTransform
 from .query import QueryFilter, QueryResult, open_for_reading, query_sets
 from .results import ProgressSink
 from .status import StatusReport, corpus_status
 from .storage import Storage
+from .transform import TransformReport, list_transforms, parse_spec, run_transform
 from .upload import UploadReport, upload_tree
 
 
@@ -47,23 +50,23 @@ class Corpus:
                                  max_parallel_upserts=max_parallel_upserts, dry_run=dry_run, progress=progress,
                                  report=report)
 
-    async def query(self, tags: tuple[str, ...] | list[str] = (), *, any_tag: bool = False,
+    async def query(self, tags: tuple[str, ...] | list[str] | str = (), *, any_tag: bool = False,
                     version: str | None = None, transform: str | None = None,
                     originals: bool = False) -> QueryResult:
         """The complete sets with all ``tags`` (any of them with ``any_tag``; case-insensitive), of
         ``version``, made by ``transform`` (``NAME`` or ``NAME@TV``) or ``originals`` only; sorted by
         (path, version, transform). No tags: every complete set."""
-        filters = QueryFilter(tuple(tags), any_tag, version, transform, originals)
+        filters = QueryFilter(_tag_tuple(tags), any_tag, version, transform, originals)
         await open_for_reading(self.storage)
         return await query_sets(self.storage, filters)
 
-    async def download(self, out: str, tags: tuple[str, ...] | list[str] = (), *, any_tag: bool = False,
+    async def download(self, out: str, tags: tuple[str, ...] | list[str] | str = (), *, any_tag: bool = False,
                        version: str | None = None, transform: str | None = None, originals: bool = False,
                        manifest: str | None = None, max_parallel_downloads: int = 20,
                        progress: ProgressSink | None = None) -> DownloadReport:
         """Download the images of the sets ``query`` would return into ``out`` (by blob name), and
         write ``manifest`` (``.jsonl`` or ``.csv``) if given."""
-        filters = QueryFilter(tuple(tags), any_tag, version, transform, originals)
+        filters = QueryFilter(_tag_tuple(tags), any_tag, version, transform, originals)
         self.storage.pool_size = max(self.storage.pool_size, max_parallel_downloads)
         await open_for_reading(self.storage)
         return await download_sets(self.storage, out, filters, manifest=manifest,
@@ -76,6 +79,29 @@ class Corpus:
         await open_for_reading(self.storage)
         return await corpus_status(self.storage, repair=repair, max_parallel_upserts=max_parallel_upserts,
                                    progress=progress)
+
+    async def transform(self, name: str, version: str, *, ops: list[str] | tuple[str, ...] | None = None,
+                        spec_file: str | None = None, tags: tuple[str, ...] | list[str] = (),
+                        source_version: str | None = None, source: str | None = None, workers: int | None = None,
+                        dry_run: bool = False, progress: ProgressSink | None = None,
+                        report: TransformReport | None = None, pool: Executor | None = None) -> TransformReport:
+        """Register transform ``name@version`` (``ops`` like ``["resize=256x256", "charcoal=2"]`` or a
+        ``spec_file``) and apply it to every complete source set (originals, or the outputs of
+        ``source`` = ``NAME2@TV2``) with all ``tags`` and ``source_version`` that has no complete output.
+        ``pool``: a process pool from ``transforms.create_pool`` to reuse across calls (else one per call)."""
+        spec = parse_spec(ops, spec_file)  # validated before anything is read or written
+        return await run_transform(self.storage, name, version, spec, tags=tags, source_version=source_version,
+                                   source=source, workers=workers, dry_run=dry_run, progress=progress,
+                                   report=report, pool=pool)
+
+    async def transforms(self) -> list[ImageTransform]:
+        """The registered transforms, sorted by (name, version)."""
+        await open_for_reading(self.storage)
+        return await list_transforms(self.storage)
+
+
+def _tag_tuple(tags: tuple[str, ...] | list[str] | str) -> tuple[str, ...]:
+    return (tags,) if isinstance(tags, str) else tuple(tags)  # query("robin") means one tag, not five
 
 
 __all__ = ["Corpus", "Crawler"]

@@ -236,6 +236,7 @@ class ImageTransform:
     command_line: str
     created_at: str = ""
     imagemagick_version: str = ""
+    source: str = "original"  # 'original' or the NAME@TV whose outputs it reads: part of the recipe
 
     def __post_init__(self) -> None:
         check_name(self.name, "transform name")
@@ -254,6 +255,7 @@ class ImageTransform:
             "CommandLine": self.command_line,
             "CreatedAt": self.created_at,
             "ImageMagickVersion": self.imagemagick_version,
+            "Source": self.source,
         }
 
     @classmethod
@@ -267,6 +269,7 @@ class ImageTransform:
                 command_line=entity.get("CommandLine", ""),
                 created_at=str(entity.get("CreatedAt", "")),
                 imagemagick_version=entity.get("ImageMagickVersion", ""),
+                source=entity.get("Source") or "original",
             )
         except (KeyError, InvalidName) as exc:
             raise CorruptRow(f"ImageTransforms row ({entity.get('PartitionKey')!r}, "

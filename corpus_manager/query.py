@@ -161,7 +161,10 @@ class SetRow:
         try:
             identity = SetIdentity(str(entity.get("Path", "")), str(entity.get("Version", "")),
                                    str(entity.get("TransformName") or ""), str(entity.get("TransformVersion") or ""))
-            tags = json.loads(entity.get("Tags") or "[]")
+            try:
+                tags = json.loads(entity.get("Tags") or "[]")
+            except ValueError:
+                raise ValueError(f"Tags {str(entity.get('Tags'))[:40]!r} is not JSON") from None
             if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
                 raise ValueError("Tags is not a JSON list of strings")
             if rk != escape(identity.key):
@@ -216,7 +219,7 @@ class _PartitionReader:
         self.rows: dict[str, Mapping[str, Any]] = {}
         self.done = False
         where = " and ".join(["PartitionKey eq @pk", *clauses])
-        self._pages: AsyncIterator[list[dict[str, Any]]] = storage.query_pages(
+        self._pages: AsyncIterator[tuple[list[dict[str, Any]], bool]] = storage.query_pages(
             storage.tags, where, {**params, "pk": partition}, page_size=PAGE_SIZE)
 
     async def next_page(self) -> None:
@@ -224,8 +227,10 @@ class _PartitionReader:
         if page is None:
             self.done = True
             return
-        for entity in page:
+        rows, more = page
+        for entity in rows:
             self.rows[entity["RowKey"]] = entity
+        self.done = not more
 
     async def read_all(self) -> None:
         while not self.done:

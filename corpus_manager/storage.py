@@ -296,9 +296,9 @@ class Storage:
 
     async def query_pages(self, table: TableClient, query_filter: str, parameters: dict[str, Any] | None = None,
                           select: list[str] | None = None,
-                          page_size: int = 1000) -> AsyncIterator[list[dict[str, Any]]]:
-        """The rows matching a filter, one server page at a time, so a caller can stop between pages
-        (the tag query reads several partitions in lockstep and stops at the smallest)."""
+                          page_size: int = 1000) -> AsyncIterator[tuple[list[dict[str, Any]], bool]]:
+        """The rows matching a filter, one server page at a time, each with whether more follow, so a
+        caller can stop between pages (the tag query reads partitions in lockstep, stopping at the smallest)."""
         with self.translate(f"query of {table.table_name}"):
             self.stats.table_queries += 1
             pager = table.query_entities(query_filter, parameters=parameters, results_per_page=page_size,
@@ -306,7 +306,7 @@ class Storage:
             async for page in pager:
                 rows = [entity async for entity in page]
                 self.stats.entity_reads += len(rows)
-                yield rows
+                yield rows, pager.continuation_token is not None
 
     async def create_entity(self, table: TableClient, entity: Mapping[str, Any]) -> str | None:
         """Insert; Conflict if the row exists. Returns the new ETag."""

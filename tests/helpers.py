@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import struct
+import zlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -52,3 +54,17 @@ def container_exists(conn: str, corpus: str) -> bool:
         return bool(await storage.container.exists())
 
     return with_storage(conn, corpus, fn)
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A valid 1-bit grayscale PNG of width x height: a few KB that decode to width*height pixels."""
+
+    def chunk(tag: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
+
+    compressor = zlib.compressobj(9)
+    row = b"\0" * (1 + (width + 7) // 8)
+    body = b"".join(compressor.compress(row * 1000) for _ in range(height // 1000))
+    body += compressor.compress(row * (height % 1000)) + compressor.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body) + chunk(b"IEND", b"")

@@ -20,7 +20,7 @@ from wand.exceptions import ResourceLimitError
 from wand.image import Image
 
 from transforms.errors import ImageError
-from transforms.imagetypes import CODERS, KINDS, header_size, sniff
+from transforms.imagetypes import CODERS, KINDS, header_size, sniff, zero_tiff_padding
 from transforms.policy import Limits
 
 library.MagickSetProgressMonitor.argtypes = [ctypes.c_void_p, MagickProgressMonitor, ctypes.c_void_p]
@@ -100,6 +100,11 @@ def _read(image: Image, data: bytes, kind: str, *, ping: bool) -> None:
     library.MagickSetFilename(image.wand, f"image.{kind}[0]".encode())
     reader = library.MagickPingImageBlob if ping else library.MagickReadImageBlob
     if reader(image.wand, data, len(data)):
+        # Forget the forced reader format and name again: they would otherwise pick the encoder and
+        # silently override a `format` op.
+        library.MagickSetFormat(image.wand, b"")
+        library.MagickSetFilename(image.wand, b"")
+        library.MagickSetImageFilename(image.wand, b"")
         return
     error = image.get_exception()
     if isinstance(error, ResourceLimitError):
@@ -132,6 +137,8 @@ def open_image(data: bytes, limits: Limits) -> tuple[Image, str]:
         library.MagickSetProgressMonitor(image.wand, _MONITOR, None)
         _read(image, data, kind, ping=False)
         check_time(limits)
+        if image.width == 0 or image.height == 0:  # JPEG garbage can "decode" with only warnings
+            raise ImageError(f"could not decode the {kind.upper()} image: it holds no pixels")
         if len(image.sequence) > 1:
             del image.sequence[1:]
         _check_size(image.width, image.height, limits)  # frames can be larger than the header says
@@ -153,4 +160,9 @@ def encode_image(image: Image, kind: str, quality: int | None) -> bytes:
     if kind == "png":
         # PNG would otherwise carry the encoding time (tIME and date:* text chunks).
         image.options["png:exclude-chunk"] = "date,time"
-    return image.make_blob()
+    blob = image.make_blob()
+    if kind == "tiff":
+        blob = zero_tiff_padding(blob)
+    if sniff(blob) != kind:  # cheap guard: a wrong content type would poison the corpus
+        raise RuntimeError(f"ImageMagick wrote {sniff(blob)} instead of {kind}")
+    return blob

@@ -190,3 +190,53 @@ _HEADER_READERS = {
     "webp": _webp_size,
     "tiff": _tiff_size,
 }
+
+
+_TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4}
+
+
+def zero_tiff_padding(data: bytes) -> bytes:
+    """`data` (a classic TIFF) with every byte that no structure uses set to zero.
+
+    libtiff word-aligns the directory and tag data by seeking, and ImageMagick's in-memory blob leaves
+    the skipped byte uninitialised, so the same image would encode to different bytes from run to run.
+    Readers never look at those bytes. Anything unexpected returns `data` unchanged.
+    """
+    try:
+        d = memoryview(data)
+        order = "<" if bytes(d[:2]) == b"II" else ">"
+        if struct.unpack_from(order + "H", d, 2)[0] != 42:
+            return data
+        used: list[tuple[int, int]] = [(0, 8)]
+        ifd = struct.unpack_from(order + "I", d, 4)[0]
+        seen: set[int] = set()
+        while ifd and ifd not in seen:
+            seen.add(ifd)
+            count = struct.unpack_from(order + "H", d, ifd)[0]
+            end = ifd + 2 + 12 * count + 4
+            used.append((ifd, end))
+            arrays: dict[int, list[int]] = {}
+            for k in range(count):
+                entry = ifd + 2 + 12 * k
+                tag, typ, n = struct.unpack_from(order + "HHI", d, entry)
+                size = _TIFF_TYPE_SIZES.get(typ, 1) * n
+                if size > len(d):
+                    return data
+                where = entry + 8
+                if size > 4:
+                    where = struct.unpack_from(order + "I", d, where)[0]
+                    used.append((where, where + size))
+                if tag in (273, 279, 324, 325) and typ in (3, 4):  # strip/tile offsets and byte counts
+                    arrays[tag] = list(struct.unpack_from(order + ("H" if typ == 3 else "I") * n, d, where))
+            for offsets, counts in ((273, 279), (324, 325)):
+                for start, length in zip(arrays.get(offsets, ()), arrays.get(counts, ()), strict=False):
+                    used.append((start, start + length))
+            ifd = struct.unpack_from(order + "I", d, end - 4)[0]
+        if any(b > len(data) for _a, b in used):
+            return data
+        out = bytearray(len(data))
+        for a, b in used:
+            out[a:b] = d[a:b]
+        return bytes(out)
+    except (struct.error, IndexError, ValueError):
+        return data

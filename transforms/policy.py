@@ -5,15 +5,20 @@ Layers, each enough on its own against a different threat:
 1. Images are only ever decoded from bytes with the coder forced from their sniffed magic bytes
    (`transforms.decode`): no file name or blob name ever reaches ImageMagick, so `msl:`, `text:`,
    `@file`, URLs and PS/PDF/SVG/MVG can never be selected, whatever the name or content says.
-2. Resource limits (width, height, area, memory, map, disk, threads, list length) through Wand, plus
+2. Resource limits (width, height, area, memory, map, disk, threads) through Wand, plus
    our own check of the size in the file header so a decompression bomb is refused before a single
    pixel is decoded, with a message saying why.
 3. Defence in depth: a restrictive `policy.xml` (only the six image coders, no delegates, no filters,
    no `@file` paths, the same resource limits) that ImageMagick loads because `MAGICK_CONFIGURE_PATH`
-   points at it *before wand is first imported* in the process. Verified with ImageMagick 6.9.11:
+   points at it while wand first starts ImageMagick in the process (the variable is restored
+   afterwards, so child processes such as `convert` are not bound by it). Verified with 6.9.11:
    the file is listed by `convert -list policy` and `IsRightsAuthorized` refuses SVG/MSL/TEXT/MVG.
    `apply_policy()` checks this at run time and reports it in `PolicyStatus.policy_file_active`;
    if wand was imported first the file cannot take effect and layers 1 and 2 remain.
+
+Frames: only the first frame of a GIF/TIFF is decoded (the reader stops there), so a file with
+millions of frames costs one. The "list-length" resource is deliberately not set: with it, ImageMagick
+6.9.11 crashes (SIGSEGV) writing a multi-frame GIF longer than the limit, which would kill a worker.
 
 Time: ImageMagick 6's own `time` resource counts from the *process* start and, when exceeded, calls
 exit() (`fatal/cache.c/GetImagePixelCache`), which would kill a long-lived pool worker after its
@@ -32,6 +37,7 @@ import stat
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -49,11 +55,8 @@ MAX_MEMORY = 256 * MiB  # pixel cache in RAM, per process; beyond it the cache g
 MAX_MAP = 512 * MiB
 MAX_DISK = 1 * GiB  # beyond it an image fails
 MAX_SECONDS = 60.0  # per image, decode + operations + encode
-MAX_FRAMES = 16  # images in one list; we decode only the first frame anyway
 THREADS = 1  # ImageMagick threads per process: parallelism comes from worker processes
 
-# ImageMagick's ResourceType value for "list-length" (6.9.10+ and 7); wand 0.7 does not name it for 6.
-_LIST_LENGTH_RESOURCE = 11
 # PolicyDomain / PolicyRights values (the same in ImageMagick 6 and 7).
 _CODER_DOMAIN = 1
 _READ_RIGHTS = 1
@@ -87,7 +90,6 @@ class Limits:
     map: int = MAX_MAP
     disk: int = MAX_DISK
     seconds: float = MAX_SECONDS
-    frames: int = MAX_FRAMES
     threads: int = THREADS
 
 
@@ -121,7 +123,6 @@ def policy_xml(limits: Limits = DEFAULT_LIMITS) -> str:
   <policy domain="resource" name="memory" value="{limits.memory}"/>
   <policy domain="resource" name="map" value="{limits.map}"/>
   <policy domain="resource" name="disk" value="{limits.disk}"/>
-  <policy domain="resource" name="list-length" value="{limits.frames}"/>
   <policy domain="resource" name="thread" value="{limits.threads}"/>
   <policy domain="delegate" rights="none" pattern="*"/>
   <policy domain="filter" rights="none" pattern="*"/>
@@ -177,24 +178,30 @@ def apply_policy(limits: Limits | None = None) -> PolicyStatus:
         if _status is not None and _status.limits == limits:
             return _status
         policy_dir: Path | None = None
+        env: dict[str, str] = {}
         wand_loaded = "wand.api" in sys.modules
         if _status is None and not wand_loaded:
             policy_dir = write_policy_file(limits)
             previous = os.environ.get("MAGICK_CONFIGURE_PATH")
-            os.environ["MAGICK_CONFIGURE_PATH"] = (
-                str(policy_dir) if not previous else str(policy_dir) + os.pathsep + previous
-            )
-            # Read by ImageMagick at genesis (OpenMP is set up then); the limit below is re-applied anyway.
-            os.environ["MAGICK_THREAD_LIMIT"] = str(limits.threads)
+            env["MAGICK_CONFIGURE_PATH"] = str(policy_dir) + (os.pathsep + previous if previous else "")
+            # Read when ImageMagick and OpenMP start; the thread limit is also set through the API below.
+            env["MAGICK_THREAD_LIMIT"] = env["OMP_NUM_THREADS"] = str(limits.threads)
 
-        import wand.version  # the first import of wand in this process loads ImageMagick
+        # Only while ImageMagick starts: left in os.environ, the restrictive policy would also bind every
+        # `convert` this process runs later (test fixtures, benchmarks), which need other coders.
+        with _environment(env):
+            import wand.resource
+            import wand.version
+
+            wand.resource.genesis()  # loads the policy cache now, while MAGICK_CONFIGURE_PATH is set
+            verified = _verify_policy_file() if _status is None else (False, "")
 
         _set_limits(limits)
         if _status is not None:
             active, detail, policy_file = _status.policy_file_active, _status.detail, _status.policy_file
         else:
             policy_file = str(policy_dir / "policy.xml") if policy_dir else None
-            active, detail = _verify_policy_file()
+            active, detail = verified
             if wand_loaded and not active:
                 detail = "wand was imported before apply_policy(), too late for MAGICK_CONFIGURE_PATH"
             if not active:
@@ -206,8 +213,21 @@ def apply_policy(limits: Limits | None = None) -> PolicyStatus:
         return _status
 
 
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _set_limits(limits: Limits) -> None:
-    from wand.api import library
     from wand.resource import limits as im_limits
 
     im_limits["width"] = limits.width
@@ -217,9 +237,6 @@ def _set_limits(limits: Limits) -> None:
     im_limits["map"] = limits.map
     im_limits["disk"] = limits.disk
     im_limits["thread"] = limits.threads
-    # Older ImageMagick builds lack the list-length resource: the first-frame-only decode still holds.
-    with contextlib.suppress(AttributeError, ctypes.ArgumentError):
-        library.MagickSetResourceLimit(_LIST_LENGTH_RESOURCE, limits.frames)
 
 
 def _verify_policy_file() -> tuple[bool, str]:

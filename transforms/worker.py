@@ -39,10 +39,8 @@ class TransformResult:
 
 
 def init_worker(limits: Limits | None = None) -> None:
-    """Process-pool initializer: one ImageMagick thread, and the safety policy before wand loads."""
-    # Read when ImageMagick/OpenMP start, which is why this must run before wand's first import.
-    os.environ["MAGICK_THREAD_LIMIT"] = "1"
-    os.environ["OMP_NUM_THREADS"] = "1"
+    """Process-pool initializer: the safety policy, and one ImageMagick thread (`Limits.threads`), in
+    place before wand loads ImageMagick into this process."""
     apply_policy(limits)
 
 
