@@ -2,6 +2,7 @@
 
 from .corpus import Corpus
 from .crawler import Crawler, DirGroup, LocalFile
+from .download import DownloadReport
 from .errors import (
     AuthenticationFailed,
     ConfigError,
@@ -16,8 +17,11 @@ from .errors import (
     TransformSpecError,
 )
 from .models import ImageSet, ImageTransform, SetIdentity
+from .query import QueryFilter, QueryResult
 from .results import Failure
+from .status import StatusReport
 from .throttle import Outcome, ThrottleWork
+from .transform import TransformReport
 from .upload import UploadReport
 
 __version__ = "0.1.0"
@@ -31,6 +35,7 @@ __all__ = [
     "CorruptRow",
     "Crawler",
     "DirGroup",
+    "DownloadReport",
     "Failure",
     "ImageSet",
     "ImageTransform",
@@ -39,10 +44,14 @@ __all__ = [
     "LocalFile",
     "NotFound",
     "Outcome",
+    "QueryFilter",
+    "QueryResult",
     "SetIdentity",
+    "StatusReport",
     "StorageError",
     "StorageUnavailable",
     "ThrottleWork",
+    "TransformReport",
     "TransformSpecError",
     "UploadReport",
     "__version__",

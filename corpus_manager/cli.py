@@ -372,7 +372,15 @@ def format_status(r: StatusReport, top: int = 10) -> str:
     return "\n".join(lines)
 
 
-@cli.command()
+def _operations_epilog() -> str:
+    import transforms  # the library's operation registry (already loaded by corpus_manager.transform)
+
+    # \b keeps click from rewrapping the table
+    return "\n".join(["\b", "Operations (--op OP[=ARG], applied in order):"]
+                     + [f"  {op.usage:<26} {op.help}" for op in transforms.operations()])
+
+
+@cli.command(epilog=_operations_epilog())
 @click.argument("name")
 @click.option("--version", "version", required=True, help="Version of this transform (immutable once registered).")
 @click.option("--op", "ops", multiple=True, metavar="OP[=ARG]",

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The main job on a local Azurite: make a sample corpus, upload it, upload again (nothing to do).
+# The main job on a local Azurite: make a sample corpus, upload it, upload again (nothing to do),
+# transform it into a new versioned set, query both, and pull a slice back out with its manifest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
@@ -8,8 +9,16 @@ export AZURE_STORAGE_CONNECTION_STRING="UseDevelopmentStorage=true"
 export CORPUS_NAME=demo
 python scripts/make_sample.py .demo/photos
 
-echo '$ corpus upload .demo/photos --version v1'
-corpus upload .demo/photos --version v1
+run() { echo "\$ $*"; "$@"; echo; }
+
+run corpus upload .demo/photos --version v1
+echo '# again: nothing to upload'
+run corpus upload .demo/photos --version v1
+run corpus transform sketch --version 1 --op resize=64x64 --op charcoal=1 --op format=png
+run corpus query --tag birds --format table
+run corpus query --tag birds --transform sketch@1 --format table
+run corpus download --tag birds --transform sketch@1 --out .demo/out --manifest .demo/out/manifest.jsonl
+echo '$ head -n 1 .demo/out/manifest.jsonl'
+head -n 1 .demo/out/manifest.jsonl
 echo
-echo '$ corpus upload .demo/photos --version v1   # again: nothing to upload'
-corpus upload .demo/photos --version v1
+run corpus status

@@ -280,3 +280,11 @@ def test_output_is_deterministic(conn: str, corpus_name: str, tmp_path: Path, po
     stored = blobs(conn, corpus_name)
     assert stored["transform/crop/1/r/v1/1.png"]["md5"] == stored["transform/crop/2/r/v1/1.png"]["md5"]
     assert io.BytesIO(get_blob(conn, corpus_name, "transform/crop/1/r/v1/1.png")).read(4) == b"\x89PNG"
+
+
+def test_help_lists_every_registered_operation_with_its_usage() -> None:
+    result = CliRunner().invoke(cli, ["transform", "--help"])
+    assert result.exit_code == 0
+    listed = {line.split()[0] for line in result.output.split("Operations (--op OP[=ARG], applied in order):")[1]
+              .splitlines() if line.strip()}
+    assert listed == {op.usage for op in transforms.operations()}
