@@ -361,7 +361,8 @@ async def run_transform(storage: Storage, name: str, version: str, spec: Spec, *
                 continue
             existing = outputs.get(key)
             if existing is not None and existing.is_complete:
-                report.sets.append(TransformSetOutcome(src.path, src.version, "skipped", images=existing.image_count))
+                report.sets.append(TransformSetOutcome(src.path, src.version, "skipped", images=existing.image_count,
+                                                       already_done=existing.image_count))
                 continue
             plans.append(_Plan(src, existing))
         if dry_run:

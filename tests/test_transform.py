@@ -129,6 +129,7 @@ def test_incremental_rerun_and_new_version(conn: str, corpus_name: str, tmp_path
     second = transform(conn, corpus_name, pool)
     assert [(s.path, s.status) for s in second.sets] == [("a", "skipped"), ("b", "transformed")]
     assert second.images_transformed == 1
+    assert [s.already_done for s in second.sets] == [1, 0]  # the skipped set's images count as done
     before = {n: p for n, p in blobs(conn, corpus_name).items() if n.startswith("transform/thumbs/1/")}
     third = transform(conn, corpus_name, pool, version="2", ops=("resize=4x4!",))
     assert third.sets_transformed == 2
