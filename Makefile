@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv/bin
 
-.PHONY: setup demo test lint bench azurite-start azurite-stop clean
+.PHONY: setup demo test lint bench bench-query bench-transform bench-distributed azurite-start azurite-stop clean
 
 setup:
 	@scripts/setup.sh
@@ -21,6 +21,16 @@ lint: setup
 bench: 
 	@EXTRA_APT="rclone libsecret-1-0" scripts/setup.sh
 	$(VENV)/python -m bench
+
+bench-query:
+	@EXTRA_APT="rclone libsecret-1-0" scripts/setup.sh
+	$(VENV)/python -m bench --suite query
+
+bench-transform: setup
+	$(VENV)/python -m bench --suite transform
+
+bench-distributed: setup
+	$(VENV)/python -m bench.distributed
 
 azurite-start: setup
 	@scripts/azurite.sh start

@@ -34,9 +34,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--suite",
-        choices=["upload"],
+        choices=["upload", "query", "transform"],
         default="upload",
-        help="Which benchmark suite (query/download and transform suites come later).",
+        help="Which benchmark suite: upload (issue 5), query (query + download, issue 3) or transform (issue 4).",
     )
     p.add_argument(
         "--scenario",
@@ -75,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="py-spy profile of `corpus upload` in scenario (a) (default: on when (a) runs).",
     )
-    p.add_argument("--json-out", type=Path, default=RESULTS / "upload.json")
+    p.add_argument("--json-out", type=Path, default=None, help="Default: bench/results/SUITE.json.")
     p.add_argument("--in-memory", action="store_true", help="Start Azurite with --inMemoryPersistence.")
     p.add_argument("--keep-work", action="store_true", help="Keep Azurite's data in .bench/work after the run.")
     return p.parse_args(argv)
@@ -83,6 +83,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.suite != "upload":  # the other suites take the shared options and run on their own
+        from importlib import import_module
+
+        return int(import_module(f".{args.suite}", __package__).main(args))
+    args.json_out = args.json_out or RESULTS / "upload.json"
     wanted = [s.strip() for s in args.scenario.split(",") if s.strip()]
     unknown = sorted(set(wanted) - set(up.SCENARIOS))
     if unknown:

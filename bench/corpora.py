@@ -139,3 +139,82 @@ def check_sample(root: Path) -> None:
     with Image(filename=str(sample)) as img:
         if (img.width, img.height) != (16, 16):
             raise RuntimeError(f"{sample}: decoded as {img.width}x{img.height}, expected 16x16")
+
+
+# ----- photo-like corpora (the transform suite) --------------------------------------------------
+@dataclass(frozen=True)
+class PhotoSpec:
+    """``dirs`` x ``files_per_dir`` images of ``side`` x ``side`` pixels, photo-like (ImageMagick's
+    fractal plasma: smooth regions, edges and fine detail, so decoders, filters and encoders do real
+    work), alternately JPEG (quality 90) and 8-bit PNG."""
+
+    dirs: int
+    files_per_dir: int
+    side: int = 512
+    seed: int = 1
+
+    @property
+    def files(self) -> int:
+        return self.dirs * self.files_per_dir
+
+    @property
+    def slug(self) -> str:
+        return f"photo-d{self.dirs}-f{self.files_per_dir}-x{self.side}-seed{self.seed}"
+
+    def describe(self) -> str:
+        return f"{self.files:,} {self.side}x{self.side} plasma images (JPEG/PNG) in {self.dirs:,} dirs"
+
+
+def make_photo_corpus(spec: PhotoSpec, parent: Path, convert: str, *, workers: int | None = None) -> Path:
+    """Write (or reuse) the photo-like corpus for ``spec`` under ``parent``; returns its root.
+
+    ``convert -seed N plasma:fractal`` is deterministic for a given ImageMagick (Wand cannot seed
+    ImageMagick 6's generator), so one fork per image, once; the corpus is then reused while its stamp
+    matches."""
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = parent / spec.slug
+    want = {"format": FORMAT_VERSION, "kind": "photo", **asdict(spec)}
+    stamp = parent / f"{spec.slug}.json"
+    if stamp.exists() and root.is_dir():
+        try:
+            if json.loads(stamp.read_text()) == want:
+                return root
+        except (OSError, ValueError):
+            pass
+    stamp.unlink(missing_ok=True)
+    if root.exists():
+        shutil.rmtree(root)
+    print(f"bench: making corpus {spec.describe()} in {root}", flush=True)
+    tmp = root.with_name(root.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    jobs: list[list[str]] = []
+    for d in range(spec.dirs):
+        group = tmp / f"g{d % 4}" / f"set{d:03d}"
+        group.mkdir(parents=True)
+        for f in range(spec.files_per_dir):
+            n = spec.seed * 1_000_003 + d * spec.files_per_dir + f
+            ext, opts = (".jpg", ["-quality", "90"]) if f % 2 == 0 else (".png", ["-depth", "8"])
+            out = group / f"img{f:03d}{ext}"
+            jobs.append(
+                [
+                    convert,
+                    "-seed",
+                    str(n),
+                    "-size",
+                    f"{spec.side}x{spec.side}",
+                    "plasma:fractal",
+                    "-strip",
+                    *opts,
+                    str(out),
+                ]
+            )
+    with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+        for argv, done in zip(jobs, pool.map(lambda a: subprocess.run(a, capture_output=True), jobs), strict=True):
+            if done.returncode != 0:
+                raise RuntimeError(f"{argv[-1]}: convert failed: {done.stderr.decode(errors='replace')[:300]}")
+    os.replace(tmp, root)
+    stamp.write_text(json.dumps(want))
+    return root

@@ -99,9 +99,19 @@ def _print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
+# Control characters shown escaped: a file name with a newline stays on its line, and a name cannot
+# send escape sequences to the terminal. A byte of a non-UTF-8 name (a lone surrogate) shows as \xNN.
+_CONTROL = ({i: f"\\x{i:02x}" for i in (*range(0x20), 0x7F)} | {9: "\\t", 10: "\\n", 13: "\\r"}
+            | {i: f"\\x{i - 0xDC00:02x}" for i in range(0xDC80, 0xDD00)})
+
+
+def _printable(text: str) -> str:
+    return text.translate(_CONTROL)
+
+
 def _print_failures(failures: list[Failure], limit: int = 50) -> None:
     for f in failures[:limit]:
-        _err(f"{f.kind}: {f.item}: {f.reason}")
+        _err(_printable(f"{f.kind}: {f.item}: {f.reason}"))
     if len(failures) > limit:
         _err(f"... and {len(failures) - limit} more (use --json for the full list)")
 
@@ -167,6 +177,8 @@ def format_upload(r: UploadReport) -> str:
                 "complete stay pending and a rerun finishes them")
     elif r.files_uploaded == 0 and not r.failures and r.sets:
         head = f"Nothing to upload: all {len(r.sets)} sets of version {r.version} are already stored."
+    elif not r.sets and not r.failures:
+        head = f"Nothing to upload: no images under {r.root}."
     else:
         head = f"Uploaded version {r.version} from {r.root}"
     lines = [
@@ -178,6 +190,8 @@ def format_upload(r: UploadReport) -> str:
         f"{r.files_corrupt} corrupt, {r.files_failed} failed, {r.files_ignored} ignored (not images)",
         f"  bytes       {human_bytes(r.bytes_uploaded)} in {r.elapsed:.1f} s ({r.files_per_second:.0f} files/s)",
     ]
+    if r.retries:
+        lines.append(f"  retries     retried {r.retries} requests")
     if r.duplicates:
         shown = "; ".join(" = ".join(group) for group in r.duplicates[:3])
         more = f" (and {len(r.duplicates) - 3} more)" if len(r.duplicates) > 3 else ""
@@ -252,8 +266,8 @@ def query(tags: tuple[str, ...], any_tag: bool, version: str | None, transform: 
 
 def format_query_table(result: QueryResult) -> str:
     head = ("PATH", "VERSION", "TRANSFORM", "IMAGES", "BYTES", "TAGS")
-    body = [(s.path or "(root)", s.version, s.identity.transform_label or "-", str(s.images), human_bytes(s.bytes),
-             ", ".join(s.tags)) for s in result.sets]
+    body = [(_printable(s.path) or "(root)", s.version, s.identity.transform_label or "-", str(s.images),
+             human_bytes(s.bytes), _printable(", ".join(s.tags))) for s in result.sets]
     widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head) - 1)]
     lines = []
     for r in [head, *body]:
@@ -277,26 +291,36 @@ def download(tags: tuple[str, ...], any_tag: bool, version: str | None, transfor
              connection_string: str | None, account_url: str | None, corpus: str) -> None:
     """Download the images of the matching complete sets into --out, with an optional manifest."""
     filters = _filters(tags, any_tag, version, transform, originals)
+    partial = DownloadReport(out=out)
 
     async def go() -> DownloadReport:
         async with _open(connection_string, account_url, corpus, max_parallel_downloads) as c:
             with BarProgress("download") as bar:
                 return await c.download(out, manifest=manifest, max_parallel_downloads=max_parallel_downloads,
-                                        progress=bar, **filters)
+                                        progress=bar, report=partial, **filters)
 
-    report = _run(go)
+    def interrupted() -> None:
+        partial.interrupted = True
+        _print_json(partial.to_json()) if as_json else click.echo(format_download(partial))
+
+    report = _run(go, interrupted)
     if as_json:
         _print_json(report.to_json())
     else:
         for w in report.warnings:
-            _err(f"warning: {w}")
+            _err(_printable(f"warning: {w}"))
         _print_failures(report.failures)
         click.echo(format_download(report))
     sys.exit(report.exit_code)
 
 
 def format_download(r: DownloadReport) -> str:
-    if r.sets == 0 and not r.failures:
+    if r.interrupted and not r.files_selected:
+        return f"Interrupted: download to {r.out} stopped before any set was selected; nothing was written."
+    if r.interrupted:
+        head = (f"Interrupted: download to {r.out} stopped; every file there is whole (checked against its MD5) "
+                "and a rerun downloads only the rest")
+    elif r.sets == 0 and not r.failures:
         head = "Nothing to download: no complete set matches."
     elif r.files_downloaded == 0 and not r.failures and r.records:
         head = f"Nothing to download: all {len(r.records)} files of {r.sets} sets are already in {r.out}."
@@ -305,11 +329,16 @@ def format_download(r: DownloadReport) -> str:
     lines = [
         head,
         f"  files       {r.files_downloaded} downloaded, {r.files_present} already present, "
-        f"{r.files_failed} failed, {r.files_refused} refused",
+        f"{r.files_failed} failed, {r.files_refused} refused"
+        + (f", {r.files_not_done} not downloaded yet" if r.interrupted else ""),
         f"  bytes       {human_bytes(r.bytes_downloaded)} in {r.elapsed:.1f} s ({r.files_per_second:.0f} files/s)",
     ]
-    if r.manifest:
+    if r.manifest and r.interrupted:
+        lines.append(f"  manifest    {r.manifest} not written (the rerun writes it)")
+    elif r.manifest:
         lines.append(f"  manifest    {r.manifest} ({len(r.records)} records)")
+    if r.retries:
+        lines.append(f"  retries     retried {r.retries} requests")
     if r.failures:
         lines.append(f"  problems    {len(r.failures)} (listed above on stderr)")
     return "\n".join(lines)
@@ -318,18 +347,21 @@ def format_download(r: DownloadReport) -> str:
 @cli.command()
 @click.option("--repair", is_flag=True,
               help="Index complete sets that have no tag rows (e.g. after an interrupted run).")
+@click.option("--verify", is_flag=True,
+              help="List every complete set and compare it with its row; a set whose blobs storage lost is set "
+                   "back to pending, for its upload or transform, rerun, to finish (one listing per set).")
 @click.option("--top", type=click.IntRange(min=0), default=10, show_default=True,
               help="How many tags to list (--json lists all).")
 @output_options
 @connection_options
-def status(repair: bool, top: int, as_json: bool, connection_string: str | None, account_url: str | None,
-           corpus: str) -> None:
+def status(repair: bool, verify: bool, top: int, as_json: bool, connection_string: str | None,
+           account_url: str | None, corpus: str) -> None:
     """Sets by status, totals, per-transform progress and tags with their set counts."""
 
     async def go() -> StatusReport:
         async with _open(connection_string, account_url, corpus) as c:
             with BarProgress("repair", show_bytes=False, enabled=None if repair else False) as bar:
-                return await c.status(repair=repair, progress=bar)
+                return await c.status(repair=repair, verify=verify, progress=bar)
 
     report = _run(go)
     if as_json:
@@ -348,6 +380,10 @@ def format_status(r: StatusReport, top: int = 10) -> str:
     if r.pending:
         lines.append(f"  pending     {len(r.pending)} (rerun the same upload or transform to finish them):")
         lines += [f"    {label}" for label in r.pending]
+    if r.verified is not None:
+        lines.append(f"  verified    {r.verified} complete sets listed: {len(r.demoted)} did not match their row "
+                     "and are pending again (rerun their upload or transform)" + (":" if r.demoted else ""))
+        lines += [f"    {d}" for d in r.demoted]
     if r.repaired:
         lines.append(f"  repaired    {len(r.repaired)} sets indexed by tag:")
         lines += [f"    {label}" for label in r.repaired]
@@ -393,12 +429,17 @@ def _operations_epilog() -> str:
               help="Transform the outputs of transform NAME2@TV2 instead of the originals.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Worker processes for ImageMagick [default: all cores].")
+@click.option("--scheduler", envvar="CORPUS_DASK_SCHEDULER", default=None, metavar="tcp://HOST:PORT",
+              help="Run the job on the Dask cluster of this scheduler (needs the distributed extra; each worker "
+                   "needs its own AZURE_STORAGE_CONNECTION_STRING or CORPUS_ACCOUNT_URL). "
+                   "[env CORPUS_DASK_SCHEDULER]")
 @click.option("--dry-run", is_flag=True, help="List the sets that would be processed; write nothing.")
 @output_options
 @connection_options
 def transform(name: str, version: str, ops: tuple[str, ...], spec_file: str | None, tags: tuple[str, ...],
-              source_version: str | None, source: str | None, workers: int | None, dry_run: bool, as_json: bool,
-              connection_string: str | None, account_url: str | None, corpus: str) -> None:
+              source_version: str | None, source: str | None, workers: int | None, scheduler: str | None,
+              dry_run: bool, as_json: bool, connection_string: str | None, account_url: str | None,
+              corpus: str) -> None:
     """Apply transform NAME (ImageMagick operations) to every complete source set without its output yet."""
     partial = TransformReport(name, version)
 
@@ -407,7 +448,7 @@ def transform(name: str, version: str, ops: tuple[str, ...], spec_file: str | No
             with BarProgress(f"transform {name}@{version}") as bar:
                 return await c.transform(name, version, ops=ops, spec_file=spec_file, tags=tags,
                                          source_version=source_version, source=source, workers=workers,
-                                         dry_run=dry_run, progress=bar, report=partial)
+                                         dry_run=dry_run, progress=bar, report=partial, scheduler=scheduler)
 
     def interrupted() -> None:
         partial.interrupted = True
@@ -445,8 +486,11 @@ def format_transform(r: TransformReport) -> str:
         f"{r.sets_failed} failed" + (f", {r._count('interrupted')} interrupted" if r.interrupted else ""),
         f"  images      {images} transformed, {sum(s.already_done for s in r.sets)} already done, "
         f"{sum(s.failed for s in r.sets)} failed",
-        f"  time        {r.elapsed:.1f} s with {r.workers} workers ({r.images_per_second:.1f} images/s)",
+        f"  time        {r.elapsed:.1f} s with {r.workers} workers"
+        + (f" of the Dask cluster at {r.scheduler}" if r.scheduler else "") + f" ({r.images_per_second:.1f} images/s)",
     ]
+    if r.retries:
+        lines.append(f"  retries     retried {r.retries} requests")
     if r.failures:
         lines.append(f"  problems    {len(r.failures)} (listed above on stderr); failed sets stay pending, "
                      "rerun to retry them")

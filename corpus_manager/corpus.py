@@ -45,10 +45,15 @@ class Corpus:
                      progress: ProgressSink | None = None, report: UploadReport | None = None) -> UploadReport:
         """Crawl ``root`` and upload each directory of images as an ImageSet of ``version``."""
         self.storage.pool_size = max(self.storage.pool_size, max_parallel_uploads)
-        return await upload_tree(self.storage, root, version, extensions=extensions,
-                                 max_parallel_uploads=max_parallel_uploads,
-                                 max_parallel_upserts=max_parallel_upserts, dry_run=dry_run, progress=progress,
-                                 report=report)
+        report = report if report is not None else UploadReport(root=root, version=version)
+        before = self.storage.stats.retries
+        try:
+            return await upload_tree(self.storage, root, version, extensions=extensions,
+                                     max_parallel_uploads=max_parallel_uploads,
+                                     max_parallel_upserts=max_parallel_upserts, dry_run=dry_run, progress=progress,
+                                     report=report)
+        finally:
+            report.retries = self.storage.stats.retries - before  # an interrupted run's report says it too
 
     async def query(self, tags: tuple[str, ...] | list[str] | str = (), *, any_tag: bool = False,
                     version: str | None = None, transform: str | None = None,
@@ -63,36 +68,54 @@ class Corpus:
     async def download(self, out: str, tags: tuple[str, ...] | list[str] | str = (), *, any_tag: bool = False,
                        version: str | None = None, transform: str | None = None, originals: bool = False,
                        manifest: str | None = None, max_parallel_downloads: int = 20,
-                       progress: ProgressSink | None = None) -> DownloadReport:
+                       progress: ProgressSink | None = None, report: DownloadReport | None = None) -> DownloadReport:
         """Download the images of the sets ``query`` would return into ``out`` (by blob name), and
         write ``manifest`` (``.jsonl`` or ``.csv``) if given."""
         filters = QueryFilter(_tag_tuple(tags), any_tag, version, transform, originals)
         self.storage.pool_size = max(self.storage.pool_size, max_parallel_downloads)
+        before = self.storage.stats.retries
         await open_for_reading(self.storage)
-        return await download_sets(self.storage, out, filters, manifest=manifest,
-                                   max_parallel_downloads=max_parallel_downloads, progress=progress)
+        result = report
+        try:
+            result = await download_sets(self.storage, out, filters, manifest=manifest,
+                                         max_parallel_downloads=max_parallel_downloads, progress=progress,
+                                         report=report)
+            return result
+        finally:
+            if result is not None:  # an interrupted run's report says it too
+                result.retries = self.storage.stats.retries - before
 
-    async def status(self, *, repair: bool = False, max_parallel_upserts: int = 5,
+    async def status(self, *, repair: bool = False, verify: bool = False, max_parallel_upserts: int = 5,
                      progress: ProgressSink | None = None) -> StatusReport:
         """Sets by status, totals, per-transform progress and tag counts; ``repair`` indexes complete
-        sets that have no tag rows."""
+        sets that have no tag rows; ``verify`` lists every complete set and sets back to pending those
+        whose blobs storage lost (one listing per set: see ``corpus_manager.verify``)."""
         await open_for_reading(self.storage)
-        return await corpus_status(self.storage, repair=repair, max_parallel_upserts=max_parallel_upserts,
+        return await corpus_status(self.storage, repair=repair, verify=verify,
+                                   max_parallel_upserts=max_parallel_upserts,
                                    progress=progress)
 
     async def transform(self, name: str, version: str, *, ops: list[str] | tuple[str, ...] | None = None,
                         spec_file: str | None = None, tags: tuple[str, ...] | list[str] = (),
                         source_version: str | None = None, source: str | None = None, workers: int | None = None,
                         dry_run: bool = False, progress: ProgressSink | None = None,
-                        report: TransformReport | None = None, pool: Executor | None = None) -> TransformReport:
+                        report: TransformReport | None = None, pool: Executor | None = None,
+                        scheduler: str | None = None) -> TransformReport:
         """Register transform ``name@version`` (``ops`` like ``["resize=256x256", "charcoal=2"]`` or a
         ``spec_file``) and apply it to every complete source set (originals, or the outputs of
         ``source`` = ``NAME2@TV2``) with all ``tags`` and ``source_version`` that has no complete output.
-        ``pool``: a process pool from ``transforms.create_pool`` to reuse across calls (else one per call)."""
+        ``pool``: a process pool from ``transforms.create_pool`` to reuse across calls (else one per call).
+        ``scheduler``: a Dask scheduler address (``tcp://HOST:PORT``) to run the job on its workers instead
+        (needs the ``distributed`` extra; the workers read their own storage credentials)."""
         spec = parse_spec(ops, spec_file)  # validated before anything is read or written
-        return await run_transform(self.storage, name, version, spec, tags=tags, source_version=source_version,
-                                   source=source, workers=workers, dry_run=dry_run, progress=progress,
-                                   report=report, pool=pool)
+        report = report if report is not None else TransformReport(name, version)
+        before = self.storage.stats.retries
+        try:
+            return await run_transform(self.storage, name, version, spec, tags=tags, source_version=source_version,
+                                       source=source, workers=workers, dry_run=dry_run, progress=progress,
+                                       report=report, pool=pool, scheduler=scheduler)
+        finally:
+            report.retries = self.storage.stats.retries - before
 
     async def transforms(self) -> list[ImageTransform]:
         """The registered transforms, sorted by (name, version)."""

@@ -122,6 +122,9 @@ class Crawler:
             if not stat.S_ISREG(st.st_mode):
                 self._problem(entry.path, "not a regular file; skipped")
                 continue
+            if not os.access(entry.path, os.R_OK):  # found now, like an unreadable directory, not mid-upload
+                self._problem(entry.path, "permission denied; skipped")
+                continue
             self.files_seen += 1
             files.append(LocalFile(entry.name, entry.path, st.st_size))
         return files, subdirs

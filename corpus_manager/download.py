@@ -3,11 +3,11 @@
 Each selected set is listed once (its blobs directly under its prefix); every blob goes through one
 ``ThrottleWork`` bound (``--max-parallel-downloads``), the same runner and kind of bound as uploads.
 A blob lands at ``OUT/<blob name>`` only if that path is provably inside OUT: names with ``..`` or
-``.`` segments, empty segments, a leading ``/``, a backslash, a drive letter or a control character
-are refused, and the resolved path (symbolic links followed) must still be under OUT. A file already
-there with the blob's size and MD5 is kept; anything else is streamed to a temporary file beside the
-target, hashed as it arrives, checked against the blob's Content-MD5 and only then renamed into place,
-so a target is never half-written and a mismatch never passes silently.
+``.`` segments, empty segments, a leading ``/``, a backslash, a drive letter or a NUL (any control
+character on Windows) are refused, and the resolved path (symbolic links followed) must still be under
+OUT. A file already there with the blob's size and MD5 is kept; anything else is streamed to a
+temporary file beside the target, hashed as it arrives, checked against the blob's Content-MD5 and
+only then renamed into place, so a target is never half-written and a mismatch never passes silently.
 """
 
 from __future__ import annotations
@@ -56,7 +56,11 @@ def local_target(out_root: Path, blob_name: str) -> Path:
         raise UnsafeBlobName("a backslash in a blob name could be a path separator")
     if blob_name.startswith("/"):
         raise UnsafeBlobName("an absolute blob name")
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in blob_name):
+    if "\0" in blob_name:
+        raise UnsafeBlobName("a NUL character in a blob name")
+    # A POSIX file name may hold a newline or a tab, and the file uploaded under that name comes back
+    # under it; Windows refuses control characters in names.
+    if os.name == "nt" and any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in blob_name):
         raise UnsafeBlobName("a control character in a blob name")
     for segment in blob_name.split("/"):
         if segment in (".", ".."):
@@ -119,7 +123,16 @@ class DownloadReport:
     elapsed: float = 0.0
     failures: list[Failure] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    retries: int = 0  # requests storage failed (error, reset, no answer) that were tried again
     records: list[FileRecord] = field(default_factory=list)
+    files_selected: int = 0  # images of the selected sets, by their rows
+    interrupted: bool = False
+
+    @property
+    def files_not_done(self) -> int:
+        """Selected files with no outcome yet (an interrupted run)."""
+        done = self.files_downloaded + self.files_present + self.files_failed + self.files_refused
+        return max(0, self.files_selected - done)
 
     @property
     def files_per_second(self) -> float:
@@ -127,7 +140,7 @@ class DownloadReport:
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.failures else 0
+        return 1 if self.failures or self.interrupted else 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -136,11 +149,14 @@ class DownloadReport:
             "sets": self.sets,
             "files": {"downloaded": self.files_downloaded, "already_present": self.files_present,
                       "failed": self.files_failed, "refused": self.files_refused},
+            "interrupted": self.interrupted,
+            "files_not_done": self.files_not_done,  # of the selected sets' images, when interrupted
             "bytes_downloaded": self.bytes_downloaded,
             "elapsed_seconds": round(self.elapsed, 3),
             "files_per_second": round(self.files_per_second, 1),
             "failures": [f.to_json() for f in self.failures],
             "warnings": self.warnings,
+            "retries": self.retries,
         }
 
 
@@ -271,8 +287,11 @@ def write_manifest(path: str, records: list[FileRecord]) -> None:
 
 async def download_sets(storage: Storage, out: str, filters: QueryFilter | None = None, *,
                         manifest: str | None = None, max_parallel_downloads: int = 20,
-                        progress: ProgressSink | None = None) -> DownloadReport:
-    """Download every image of the complete sets ``filters`` selects into ``out``. See the module docstring."""
+                        progress: ProgressSink | None = None, report: DownloadReport | None = None) -> DownloadReport:
+    """Download every image of the complete sets ``filters`` selects into ``out``. See the module docstring.
+
+    Pass ``report`` to have it filled in place: if the run is cancelled (Ctrl-C), it still says what
+    was done and what was not."""
     if max_parallel_downloads < 1:
         raise ConfigError("--max-parallel-downloads must be at least 1")
     if manifest is not None:
@@ -283,8 +302,11 @@ async def download_sets(storage: Storage, out: str, filters: QueryFilter | None 
     progress = progress or NullProgress()
     started = time.perf_counter()
     result = await query_sets(storage, filters)
-    report = DownloadReport(out=str(out_path.resolve()), manifest=str(Path(manifest).resolve()) if manifest else None,
-                            sets=len(result.sets))
+    if report is None:
+        report = DownloadReport(out=str(out_path.resolve()))
+    report.out, report.sets = str(out_path.resolve()), len(result.sets)
+    report.files_selected = sum(s.images for s in result.sets)
+    report.manifest = str(Path(manifest).resolve()) if manifest else None
     for p in result.problems:
         report.failures.append(p)
         progress.note(str(p))
@@ -315,6 +337,9 @@ async def download_sets(storage: Storage, out: str, filters: QueryFilter | None 
                 report.files_present += 1
             report.records.append(rec)
             progress.advance(files=1, nbytes=rec.bytes)
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        report.interrupted = True  # files in flight were dropped with their temporary files
+        raise
     finally:
         report.records.sort(key=lambda r: r.blob_name)
         report.failures.sort(key=lambda f: (f.kind, f.item))

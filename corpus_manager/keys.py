@@ -16,7 +16,8 @@ ESCAPE = "%"
 # Separators of composite keys; escaped inside fields so splitting is unambiguous.
 FIELD_SEP = "|"
 SET_SEP = "~"
-MAX_KEY_CHARS = 1024  # Table Storage: a key is at most 1 KiB
+# Table Storage: a key is at most 1 KiB, of UTF-16 (Azurite refuses more than 512 UTF-16 code units)
+MAX_KEY_UNITS = 512
 
 _FORBIDDEN = set("/\\#?%|~")
 
@@ -50,7 +51,8 @@ def unescape(key: str) -> str:
 
 
 def check_key(key: str, what: str) -> str:
-    if len(key) > MAX_KEY_CHARS:
-        raise InvalidName(f"{what} is too long for a Table key ({len(key)} characters after escaping, "
-                          f"the limit is {MAX_KEY_CHARS})")
+    units = len(key.encode("utf-16-le", "surrogatepass")) // 2
+    if units > MAX_KEY_UNITS:
+        raise InvalidName(f"{what} is too long for a Table key ({units} UTF-16 units after escaping; Table "
+                          f"Storage allows 1 KiB = {MAX_KEY_UNITS})")
     return key

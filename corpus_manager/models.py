@@ -57,6 +57,9 @@ class SetIdentity:
             raise InvalidName(f"set path {self.path!r} must be relative, '/'-separated, without empty segments")
         if any(seg in (".", "..") for seg in self.path.split("/")):
             raise InvalidName(f"set path {self.path!r} has a '.' or '..' segment")
+        # the longest key the set will need (its TagIndex RowKey), checked now: a set too long for Table
+        # Storage fails before its first blob, not when its row or tag rows are written
+        check_key(escape(self.key), f"set path {self.path!r}")
 
     @property
     def is_original(self) -> bool:

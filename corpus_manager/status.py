@@ -24,6 +24,7 @@ from .results import Failure, NullProgress, ProgressSink
 from .storage import Storage
 from .tagindex import TagIndexWriter
 from .throttle import ThrottleWork
+from .verify import verify_complete_sets
 
 ORIGINALS = "originals"
 Registered = dict[tuple[str, str], tuple[ImageTransform, dict[str, Any]]]  # (name, version) -> row
@@ -64,10 +65,12 @@ class StatusReport:
     tags: list[tuple[str, int]] = field(default_factory=list)  # most sets first
     repaired: list[str] = field(default_factory=list)
     problems: list[Failure] = field(default_factory=list)
+    verified: int | None = None  # --verify: complete sets whose listing was checked
+    demoted: list[str] = field(default_factory=list)  # --verify: complete sets that did not match, now pending
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.problems else 0
+        return 1 if self.problems or self.demoted else 0  # a demoted set needs its rerun
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -82,6 +85,8 @@ class StatusReport:
             "tags": [{"tag": t, "sets": n} for t, n in self.tags],
             "repaired": self.repaired,
             "problems": [p.to_json() for p in self.problems],
+            # with --verify only: complete sets listed, and those set back to pending ("label: why")
+            **({"verified": self.verified, "demoted": self.demoted} if self.verified is not None else {}),
         }
 
 
@@ -105,18 +110,20 @@ def _source_of(registered: dict[str, Any] | None, outputs: list[ImageSet]) -> st
     return families.most_common(1)[0][0] if families else ORIGINALS
 
 
-async def corpus_status(storage: Storage, *, repair: bool = False, max_parallel_upserts: int = 5,
-                        progress: ProgressSink | None = None) -> StatusReport:
+async def corpus_status(storage: Storage, *, repair: bool = False, verify: bool = False,
+                        max_parallel_upserts: int = 5, progress: ProgressSink | None = None) -> StatusReport:
+    """``verify``: list every complete set and set back to pending those whose blobs do not match
+    their row (see ``verify.py``); the report is of the corpus after that."""
     progress = progress or NullProgress()
     report = StatusReport(storage.corpus)
-    sets: list[ImageSet] = []
-    async for entity in storage.query(storage.sets):
-        try:
-            sets.append(ImageSet.from_entity(entity))
-        except CorruptRow as exc:
-            report.problems.append(Failure(f"{storage.sets.table_name} ({entity.get('PartitionKey')!r}, "
-                                           f"{entity.get('RowKey')!r})", str(exc), "corrupt"))
-            progress.note(str(exc))
+    sets = await _load_sets(storage, report, progress)
+    if verify:
+        checked = await verify_complete_sets(storage, sets, progress=progress)
+        report.verified, report.demoted = checked.checked, sorted(checked.demoted)
+        if checked.demoted:
+            report.problems.clear()  # the second read names any corrupt row again
+            sets = await _load_sets(storage, report, progress)  # rare: read again what --verify changed
+        report.problems.extend(checked.problems)
     registered: Registered = {}
     async for entity in storage.query(storage.transforms):
         try:
@@ -152,6 +159,18 @@ async def corpus_status(storage: Storage, *, repair: bool = False, max_parallel_
     report.transforms = _transform_status(sets, registered)
     report.tags = _tag_counts(complete)
     return report
+
+
+async def _load_sets(storage: Storage, report: StatusReport, progress: ProgressSink) -> list[ImageSet]:
+    sets: list[ImageSet] = []
+    async for entity in storage.query(storage.sets):
+        try:
+            sets.append(ImageSet.from_entity(entity))
+        except CorruptRow as exc:
+            report.problems.append(Failure(f"{storage.sets.table_name} ({entity.get('PartitionKey')!r}, "
+                                           f"{entity.get('RowKey')!r})", str(exc), "corrupt"))
+            progress.note(str(exc))
+    return sets
 
 
 def _transform_status(sets: list[ImageSet], registered: Registered) -> list[TransformStatus]:

@@ -2,8 +2,13 @@
 
 One shared aiohttp session (its pool sized to the run's parallelism) serves one container client
 and the three table clients of a corpus for a whole run. Retries are explicit and short (the SDK's
-defaults wait 15 s and more between tries). Every ``azure.core`` error is translated here into a
-``corpus_manager.errors`` exception whose message holds no secret.
+defaults wait 15 s and more between tries), and every retry is counted in ``stats.retries``. Every
+``azure.core`` error is translated here into a ``corpus_manager.errors`` exception whose message
+holds no secret.
+
+Blob uploads do not go through the SDK: ``put_blob`` is one Put Blob request on the shared session,
+authorised by a container SAS minted once per run (see its docstring for why). The blob SDK is
+imported only when another blob operation needs it: a no-op rerun never pays for it.
 """
 
 from __future__ import annotations
@@ -11,10 +16,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import datetime
+import email.utils
+import hashlib
+import hmac
 import logging
+import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import aiohttp
 from azure.core import MatchConditions
@@ -32,8 +44,7 @@ from azure.core.pipeline.policies import AsyncRetryPolicy
 from azure.core.pipeline.transport import AioHttpTransport
 from azure.data.tables import TableTransactionError, UpdateMode
 from azure.data.tables.aio import TableClient, TableServiceClient
-from azure.storage.blob import ContentSettings
-from azure.storage.blob.aio import BlobServiceClient, ContainerClient, LinearRetry
+from yarl import URL
 
 from .config import ConnectionInfo, redact
 from .errors import (
@@ -45,19 +56,29 @@ from .errors import (
     StorageUnavailable,
 )
 
+if TYPE_CHECKING:  # azure.storage.blob costs ~0.15-0.3 s of start-up CPU: imported on first use only
+    from azure.storage.blob.aio import BlobServiceClient, ContainerClient
+
 # The SDK logs request URLs and headers at DEBUG; keep them quiet so no signature can leak.
 for _name in ("azure", "azure.core.pipeline.policies.http_logging_policy", "azure.identity"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 # Short, bounded retries: a blip of a few seconds is survived, a dead endpoint fails a request
-# after about RETRY_WINDOW seconds instead of minutes.
+# after about RETRY_WINDOW seconds instead of minutes. Every kind of failure (refused or reset
+# connection, no answer within READ_TIMEOUT, 408/429/5xx) gets the same RETRY_TOTAL retries; the SDK
+# defaults give connection errors only 3 and never retry a table POST (insert, batch) at all.
 RETRY_TOTAL = 5
 RETRY_BACKOFF = 1.0
 RETRY_WINDOW = RETRY_TOTAL * (RETRY_BACKOFF + 0.5) + 5
 CONNECT_TIMEOUT = 5
-READ_TIMEOUT = 60
+# No byte of an answer for this long: the request is abandoned and retried (a stalled connection
+# is never waited on forever). Read at Storage.open(), so tests can shorten it.
+READ_TIMEOUT = 30
 PROBE_TIMEOUT = 5.0
 TAG_BATCH = 100  # entity group transactions: at most 100 rows of one partition
+API_VERSION = "2023-11-03"  # the Put Blob the thin path speaks; any version the service knows would do
+SAS_LIFETIME = 6 * 3600  # a run's container SAS; minted again when less than SAS_RENEW is left
+SAS_RENEW = 3600
 
 
 @dataclass(frozen=True)
@@ -87,6 +108,54 @@ def _emulator_hint(info: ConnectionInfo) -> str:
     return "check the account URL, the network and the firewall"
 
 
+def _is_retriable(status: int) -> bool:
+    # the blob SDK's rule (storage policies.is_retry): timeouts, throttling and 5xx but 501/505
+    return status in (408, 429) or (status >= 500 and status not in (501, 505))
+
+
+def _tune_table_retry(client: Any, on_retry: Callable[[], None], retry_allowed: Callable[[Any], bool]) -> None:
+    """The tables SDK builds its retry policy itself from the client's retry_* options (it ignores
+    ``retry_policy=``), so that instance is adjusted in place, for every pipeline built from it:
+
+    - each retry is counted (its class gains a counting ``increment``);
+    - POST, PATCH and MERGE are retried after a connection error or timeout too (azure.core never
+      does): ours are inserts (one that had landed comes back as Conflict, which every caller
+      handles), upsert batches and merges (idempotent) and conditional updates (one that had landed
+      comes back as a 412 Conflict, handled the same way)."""
+    for policy in getattr(client, "_policies", ()):
+        if isinstance(policy, AsyncRetryPolicy):
+            policy._method_whitelist = frozenset(policy._method_whitelist | {"POST", "PATCH", "MERGE"})
+            base = type(policy)
+
+            class Counting(base):  # type: ignore[valid-type, misc]
+                def increment(self, settings: Any, response: Any = None, error: Any = None) -> bool:
+                    if not retry_allowed(error):
+                        return False
+                    more = super().increment(settings, response=response, error=error)
+                    if more:
+                        on_retry()
+                    return bool(more)
+
+            policy.__class__ = Counting
+
+
+def _blob_retry(on_retry: Callable[[], None], retry_allowed: Callable[[Any], bool]) -> Any:
+    """The blob SDK's LinearRetry (imported here, lazily), counting its retries like the thin PUT does."""
+    from azure.storage.blob.aio import LinearRetry
+
+    class CountingLinearRetry(LinearRetry):  # type: ignore[misc]
+        def increment(self, settings: Any, request: Any, response: Any = None, error: Any = None) -> bool:
+            if not retry_allowed(error):
+                return False
+            more = super().increment(settings, request, response=response, error=error)
+            if more:
+                on_retry()
+            return bool(more)
+
+    return CountingLinearRetry(backoff=RETRY_BACKOFF, random_jitter_range=0.5, retry_total=RETRY_TOTAL,
+                               retry_connect=RETRY_TOTAL, retry_read=RETRY_TOTAL, retry_status=RETRY_TOTAL)
+
+
 class Storage:
     """Access to one corpus: a container and its ImageSets, ImageTransforms and TagIndex tables."""
 
@@ -95,11 +164,20 @@ class Storage:
         self.corpus = corpus
         self.pool_size = pool_size
         self.stats = StorageStats()
+        self.down: str | None = None  # why storage counts as down for the rest of this run, once it does
+        self._probing = False  # ensure() is checking that storage answers at all
         self._session: aiohttp.ClientSession | None = None
         self._credential: Any = None
+        self._blob_credential: Any = None
+        self._common: dict[str, Any] = {}
         self._blob_service: BlobServiceClient | None = None
+        self._container: ContainerClient | None = None
+        self._container_ready: asyncio.Future[None] | None = None  # done once the container surely exists
+        self._blob_base = f"{info.blob_endpoint}/{quote(corpus)}/"
+        self._sas: str | None = None  # never printed: it only ever goes into a request URL
+        self._sas_expiry = 0.0
+        self._put_timeout: aiohttp.ClientTimeout | None = None
         self._table_service: TableServiceClient | None = None
-        self.container: ContainerClient
         self.sets: TableClient
         self.transforms: TableClient
         self.tags: TableClient
@@ -112,48 +190,81 @@ class Storage:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    def _transport(self) -> AioHttpTransport:
+        # The timeouts must be the transport's: given a transport, the clients ignore their own
+        # connection_timeout/read_timeout options and the transport's default is 300 s.
+        assert self._session is not None, "Storage.open() first"
+        return AioHttpTransport(session=self._session, session_owner=False, connection_timeout=CONNECT_TIMEOUT,
+                                read_timeout=READ_TIMEOUT)
+
+    def _count_retry(self) -> None:
+        self.stats.retries += 1
+
+    def _retry_allowed(self, error: Any) -> bool:
+        # During the reachability check a refused connection is final: nothing listens there (the
+        # usual cause: the emulator is not started), so the user hears it at once, not after 7 s.
+        return not (self._probing and error is not None and _refused(error))
+
     async def open(self) -> None:
+        self.down = None
         connector = aiohttp.TCPConnector(limit=self.pool_size + 8, limit_per_host=self.pool_size + 8,
                                          ttl_dns_cache=300)
         self._session = aiohttp.ClientSession(connector=connector)
-        common: dict[str, Any] = {"logging_enable": False, "connection_timeout": CONNECT_TIMEOUT,
-                                  "read_timeout": READ_TIMEOUT}
+        # aiohttp silently re-sends an idempotent request once when a reused connection drops; every
+        # retry goes through the retry policies instead, so each one is counted and the tries bounded.
+        self._session._retry_connection = False
+        self._put_timeout = aiohttp.ClientTimeout(sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT)
+        self._common = {"logging_enable": False, "connection_timeout": CONNECT_TIMEOUT,
+                        "read_timeout": READ_TIMEOUT}
         info = self.info
         if info.use_identity:
             from azure.identity.aio import DefaultAzureCredential
 
             self._credential = DefaultAzureCredential()
-            blob_cred: Any = self._credential
+            self._blob_credential = self._credential
             table_cred: Any = self._credential
         elif info.account_key:
             from azure.core.credentials import AzureNamedKeyCredential
 
-            blob_cred = {"account_name": info.account_name, "account_key": info.account_key}
+            self._blob_credential = {"account_name": info.account_name, "account_key": info.account_key}
             table_cred = AzureNamedKeyCredential(info.account_name, info.account_key)
         else:
             from azure.core.credentials import AzureSasCredential
 
-            blob_cred = info.sas_token
+            self._blob_credential = info.sas_token
             table_cred = AzureSasCredential(info.sas_token or "")
         try:
-            self._blob_service = BlobServiceClient(
-                info.blob_endpoint, credential=blob_cred,
-                transport=AioHttpTransport(session=self._session, session_owner=False),
-                retry_policy=LinearRetry(backoff=RETRY_BACKOFF, random_jitter_range=0.5, retry_total=RETRY_TOTAL),
-                **common)
             self._table_service = TableServiceClient(
                 info.table_endpoint, credential=table_cred,
-                transport=AioHttpTransport(session=self._session, session_owner=False),
-                retry_policy=AsyncRetryPolicy(retry_total=RETRY_TOTAL, retry_backoff_factor=0.5,
-                                              retry_backoff_max=2.0),
-                **common)
+                transport=self._transport(),
+                # backoff 0, 1, 2, 2, 2 s
+                retry_total=RETRY_TOTAL, retry_connect=RETRY_TOTAL, retry_read=RETRY_TOTAL,
+                retry_status=RETRY_TOTAL, retry_backoff_factor=0.5, retry_backoff_max=2.0,
+                **self._common)
+            _tune_table_retry(self._table_service, self._count_retry, self._retry_allowed)
         except (ValueError, AzureError) as exc:
             await self.close()
             raise StorageUnavailable(f"cannot use the storage settings: {redact(str(exc))}") from None
-        self.container = self._blob_service.get_container_client(self.corpus)
         self.sets = self._table_service.get_table_client(f"{self.corpus}ImageSets")
         self.transforms = self._table_service.get_table_client(f"{self.corpus}ImageTransforms")
         self.tags = self._table_service.get_table_client(f"{self.corpus}TagIndex")
+
+    @property
+    def container(self) -> ContainerClient:
+        """The SDK's ContainerClient, made (and the blob SDK imported) on first use."""
+        if self._container is None:
+            from azure.storage.blob.aio import BlobServiceClient
+
+            assert self._session is not None, "Storage.open() first"
+            try:
+                self._blob_service = BlobServiceClient(
+                    self.info.blob_endpoint, credential=self._blob_credential,
+                    transport=self._transport(),
+                    retry_policy=_blob_retry(self._count_retry, self._retry_allowed), **self._common)
+            except (ValueError, AzureError) as exc:
+                raise StorageUnavailable(f"cannot use the storage settings: {redact(str(exc))}") from None
+            self._container = self._blob_service.get_container_client(self.corpus)
+        return self._container
 
     async def close(self) -> None:
         for client in (self._blob_service, self._table_service, self._credential):
@@ -164,36 +275,87 @@ class Storage:
             await self._session.close()
             self._session = None
 
-    async def ensure(self, create: bool = True) -> None:
-        """Reach the account quickly (one try, short timeout) and create the container and tables."""
+    async def ensure(self, create: bool = True, *, container: bool = True) -> None:
+        """Reach the account and create the container and tables, within PROBE_TIMEOUT * 2 seconds.
+
+        The requests retry like any other (a blip at start-up is survived), but the whole check gives
+        up after 10 s: unreachable storage is one line and exit 2, not a run that fails item by item.
+
+        ``container=False`` leaves the container to ``ensure_container`` (upload creates it before its
+        first blob), so a run that writes no blob never imports the blob SDK.
+        """
+        self._probing = True
         try:
-            await asyncio.wait_for(self._ensure(create), timeout=PROBE_TIMEOUT * 2)
+            await asyncio.wait_for(self._ensure(create, container), timeout=PROBE_TIMEOUT * 2)
         except TimeoutError:
             raise StorageUnavailable(
                 f"cannot reach storage at {self.info.blob_endpoint} (no answer within "
                 f"{PROBE_TIMEOUT * 2:.0f} s); {_emulator_hint(self.info)}") from None
+        finally:
+            self._probing = False
 
-    async def _ensure(self, create: bool) -> None:
-        with self.translate(f"container {self.corpus}", endpoint=self.info.blob_endpoint):
-            if create:
-                # no public_access argument: the container is private, always
-                with contextlib.suppress(ResourceExistsError):
-                    await self.container.create_container(retry_total=0, timeout=int(PROBE_TIMEOUT))
-            else:
-                await self.container.get_container_properties(retry_total=0, timeout=int(PROBE_TIMEOUT))
+    async def _ensure(self, create: bool, container: bool) -> None:
+        if container or not create:
+            with self.translate(f"container {self.corpus}", endpoint=self.info.blob_endpoint):
+                if create:
+                    # no public_access argument: the container is private, always
+                    with contextlib.suppress(ResourceExistsError):
+                        await self.container.create_container(timeout=int(PROBE_TIMEOUT))
+                    self._container_ready = asyncio.get_running_loop().create_future()
+                    self._container_ready.set_result(None)
+                else:
+                    await self.container.get_container_properties(timeout=int(PROBE_TIMEOUT))
         assert self._table_service is not None
         for table in (self.sets, self.transforms, self.tags):
             with self.translate(f"table {table.table_name}", endpoint=self.info.table_endpoint):
                 if create:
                     with contextlib.suppress(ResourceExistsError):
-                        await self._table_service.create_table(table.table_name, retry_total=0)
+                        await self._table_service.create_table(table.table_name)
+
+    async def ensure_container(self) -> None:
+        """Create the container once per run (concurrent callers wait for the one request)."""
+        if self._container_ready is None:
+            ready = self._container_ready = asyncio.get_running_loop().create_future()
+            try:
+                what = f"container {self.corpus}"
+                # no public_access header or argument: the container is private, always
+                if self.info.use_identity:
+                    with (self.translate(what, endpoint=self.info.blob_endpoint),
+                          contextlib.suppress(ResourceExistsError)):
+                        await self.container.create_container(timeout=int(PROBE_TIMEOUT))
+                else:
+                    status, code = await self._thin_request("PUT", self._blob_base.rstrip("/"), what,
+                                                            query="restype=container")
+                    if status >= 300 and status != 409:  # 409 ContainerAlreadyExists: what we want
+                        raise _http_error(what, status, code)
+                ready.set_result(None)
+            except BaseException as exc:
+                self._container_ready = None  # the next caller tries again
+                ready.set_exception(exc)
+                ready.exception()  # retrieved: each waiter re-raises it
+                raise
+        elif not self._container_ready.done():
+            await asyncio.shield(self._container_ready)
 
     # ----- error translation -----------------------------------------------------------------
     @contextlib.contextmanager
     def translate(self, what: str, endpoint: str | None = None) -> Iterator[None]:
-        """Map azure.core errors to ours, naming the thing and never echoing a secret."""
+        """Map azure.core errors to ours, naming the thing and never echoing a secret.
+
+        Once a request has failed to reach storage through all its retries, the storage counts as
+        down for the rest of the run: later requests fail at once with that reason instead of each
+        spending its own retry window, so a run against a dead endpoint ends within about
+        RETRY_WINDOW seconds (every item still named) and a rerun finishes the work."""
+        if self.down is not None:
+            raise StorageUnavailable(f"{what}: not tried, storage stopped answering earlier in this run "
+                                     f"({self.down}); rerun to finish")
         try:
             yield
+        except AuthenticationFailed:
+            raise
+        except StorageUnavailable as exc:
+            self._went_down(str(exc))
+            raise
         except CorpusError:
             raise
         except ClientAuthenticationError as exc:
@@ -204,10 +366,11 @@ class Storage:
             raise NotFound(f"{what}: not found ({_code(exc)})") from None
         except (ResourceExistsError, ResourceModifiedError) as exc:
             raise Conflict(f"{what}: changed by someone else or already exists ({_code(exc)})") from None
-        except (ServiceRequestError, ServiceResponseError, aiohttp.ClientError, ConnectionError) as exc:
+        except (ServiceRequestError, ServiceResponseError, aiohttp.ClientError, ConnectionError, TimeoutError) as exc:
             where = endpoint or self.info.blob_endpoint
-            raise StorageUnavailable(f"cannot reach storage at {where} for {what} ({_short(exc)}); "
-                                     f"{_emulator_hint(self.info)}") from None
+            message = f"cannot reach storage at {where} for {what} ({_short(exc)}); {_emulator_hint(self.info)}"
+            self._went_down(message)
+            raise StorageUnavailable(message) from None
         except HttpResponseError as exc:
             if exc.status_code == 403:
                 raise AuthenticationFailed(
@@ -216,6 +379,10 @@ class Storage:
             raise StorageError(f"{what}: storage error {exc.status_code} {_code(exc)}") from None
         except AzureError as exc:
             raise StorageError(f"{what}: {redact(_short(exc))}") from None
+
+    def _went_down(self, message: str) -> None:
+        if self.down is None:
+            self.down = message
 
     # ----- blobs -----------------------------------------------------------------------------
     async def list_prefix(self, prefix: str) -> dict[str, BlobInfo]:
@@ -233,11 +400,108 @@ class Storage:
 
     async def put_blob(self, name: str, data: bytes, *, content_type: str, md5: bytes,
                        metadata: Mapping[str, str] | None = None) -> None:
-        with self.translate(f"upload of {name}"):
-            self.stats.blob_puts += 1
-            await self.container.upload_blob(
-                name, data, overwrite=True, metadata=dict(metadata) if metadata else None,
-                content_settings=ContentSettings(content_type=content_type, content_md5=bytearray(md5)))
+        """Store ``data`` as block blob ``name`` with its Content-Type and Content-MD5 (which the service
+        checks against the bytes it received: a mismatch is an error, never a stored blob).
+
+        One Put Blob request on the shared session, not ``ContainerClient.upload_blob``: that builds a
+        BlobClient and its pipeline for every call and runs ~10 policies per request, ~1.5-2 ms of CPU
+        per small blob against ~0.5 ms for this (bench/README.md). Authorised by a container SAS minted
+        once per run from the account key, or the connection string's own SAS; retried like the SDK's
+        LinearRetry. With --account-url (a bearer token from azure-identity) it stays on the SDK: that
+        path cannot be tested against Azurite here.
+        """
+        self.stats.blob_puts += 1
+        if self._container_ready is None or not self._container_ready.done():
+            await self.ensure_container()
+        what = f"upload of {name}"
+        if self.info.use_identity:
+            from azure.storage.blob import ContentSettings
+
+            with self.translate(what):
+                await self.container.upload_blob(
+                    name, data, overwrite=True, metadata=dict(metadata) if metadata else None,
+                    content_settings=ContentSettings(content_type=content_type, content_md5=bytearray(md5)))
+            return
+        headers = {
+            "x-ms-blob-type": "BlockBlob",
+            "x-ms-version": API_VERSION,
+            "x-ms-blob-content-type": content_type,
+            "Content-MD5": base64.b64encode(md5).decode(),
+        }
+        for key, value in (metadata or {}).items():
+            headers[f"x-ms-meta-{key}"] = value
+        status, code = await self._thin_request("PUT", f"{self._blob_base}{quote(name, safe='/')}", what,
+                                                headers=headers, data=data)
+        if status >= 300:
+            raise _http_error(what, status, code)
+
+    async def _thin_request(self, method: str, path_url: str, what: str, *, query: str = "",
+                            headers: dict[str, str] | None = None, data: bytes = b"") -> tuple[int, str]:
+        """One blob-service request on the shared session, retried like the SDK's LinearRetry; returns
+        (status, x-ms-error-code). Authorised by the run's container SAS, except a container-level
+        request with an account key, which is signed with the key (a container SAS cannot create one)."""
+        assert self._session is not None and self._put_timeout is not None, "Storage.open() first"
+        # explicit, so a Shared Key signature covers it: aiohttp sends it on a body-less PUT anyway
+        headers = {"Content-Type": "application/octet-stream", **(headers or {})}
+        with self.translate(what):  # only for its "storage is down" bookkeeping: errors are mapped here
+            for attempt in range(RETRY_TOTAL + 1):
+                if query and self.info.account_key:
+                    url = URL(f"{path_url}?{query}", encoded=True)
+                    headers.update(self._shared_key(method, url, headers, len(data)))
+                else:
+                    url = URL(f"{path_url}?{query + '&' if query else ''}{self._put_sas()}", encoded=True)
+                try:
+                    async with self._session.request(method, url, data=data, headers=headers,
+                                                     timeout=self._put_timeout) as resp:
+                        status, code = resp.status, resp.headers.get("x-ms-error-code") or ""
+                        if status >= 300:
+                            await resp.read()  # drain, so the connection goes back to the pool
+                except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                    if attempt < RETRY_TOTAL:
+                        await self._retry_pause()
+                        continue
+                    # redacted, and the SAS masked: some aiohttp errors name the URL
+                    raise StorageUnavailable(
+                        f"cannot reach storage at {self.info.blob_endpoint} for {what} "
+                        f"({redact(_short(exc), (self._sas or '',))}); {_emulator_hint(self.info)}") from None
+                if _is_retriable(status) and attempt < RETRY_TOTAL:
+                    await self._retry_pause()
+                    continue
+                return status, code
+        raise AssertionError("unreachable")  # the loop always returns or raises
+
+    def _shared_key(self, method: str, url: URL, headers: dict[str, str], length: int) -> dict[str, str]:
+        """x-ms-date, x-ms-version and a Shared Key Authorization for one request (the SDK's signing,
+        for the one container-level request the thin path makes)."""
+        signed = {"x-ms-date": email.utils.formatdate(usegmt=True), "x-ms-version": API_VERSION}
+        ms = sorted((k.lower(), v) for k, v in {**headers, **signed}.items() if k.lower().startswith("x-ms-"))
+        resource = f"/{self.info.account_name}{url.raw_path}" + "".join(
+            f"\n{k.lower()}:{v}" for k, v in sorted(url.query.items()))
+        plain = {k.lower(): v for k, v in headers.items()}
+        fields = [method, plain.get("content-encoding", ""), plain.get("content-language", ""),
+                  str(length) if length else "", plain.get("content-md5", ""), plain.get("content-type", ""),
+                  "", "", "", "", "", ""]  # Date (x-ms-date instead), If-* and Range: unused
+        text = "\n".join(fields) + "\n" + "".join(f"{k}:{v}\n" for k, v in ms) + resource
+        assert self.info.account_key is not None
+        mac = hmac.new(base64.b64decode(self.info.account_key), text.encode(), hashlib.sha256).digest()
+        return {**signed, "Authorization": f"SharedKey {self.info.account_name}:{base64.b64encode(mac).decode()}"}
+
+    async def _retry_pause(self) -> None:
+        self.stats.retries += 1
+        await asyncio.sleep(RETRY_BACKOFF + random.uniform(-0.5, 0.5))  # as LinearRetry(backoff, jitter 0.5)
+
+    def _put_sas(self) -> str:
+        """A container SAS for creating and writing blobs: minted from the account key once per run
+        (again when less than SAS_RENEW of it is left), or the connection string's own SAS as is."""
+        now = time.time()
+        if self._sas is None or self._sas_expiry - SAS_RENEW < now:
+            if self.info.account_key:
+                self._sas_expiry = now + SAS_LIFETIME
+                self._sas = container_sas(self.info.account_name, self.info.account_key, self.corpus,
+                                          "cw", self._sas_expiry)
+            else:
+                self._sas, self._sas_expiry = self.info.sas_token or "", float("inf")
+        return self._sas
 
     async def get_blob(self, name: str) -> tuple[bytes, BlobInfo]:
         with self.translate(f"download of {name}"):
@@ -338,6 +602,29 @@ class Storage:
             self.stats.entity_writes += 1
             await table.delete_entity(pk, rk)
 
+    async def write_rows(self, table: TableClient,
+                         writes: list[tuple[str, Mapping[str, Any], str | None]]) -> list[str | None]:
+        """One entity group transaction of ("create" | "update", row, etag) writes to rows of one partition
+        (at most TAG_BATCH, each row once); returns each row's new ETag. An update merges, conditional on
+        its ETag when given. Conflict when any write is refused (the transaction then wrote nothing)."""
+        what = f"{table.table_name} batch in partition {writes[0][1]['PartitionKey']}"
+        ops: list[Any] = []
+        for kind, entity, etag in writes:
+            if kind == "create":
+                ops.append(("create", entity))
+            elif etag:
+                ops.append(("update", entity, {"mode": UpdateMode.MERGE, "etag": etag,
+                                               "match_condition": MatchConditions.IfNotModified}))
+            else:
+                ops.append(("update", entity, {"mode": UpdateMode.MERGE}))
+        with self.translate(what):
+            self.stats.entity_writes += len(ops)
+            try:
+                metas = await table.submit_transaction(ops)
+            except TableTransactionError as exc:
+                raise Conflict(f"{what}: {_code(exc)}") from None
+            return [meta.get("etag") for meta in metas]
+
     async def upsert_batch(self, table: TableClient, entities: list[Mapping[str, Any]]) -> None:
         """Upsert rows of one partition, 100 per entity group transaction."""
         for start in range(0, len(entities), TAG_BATCH):
@@ -366,6 +653,44 @@ def etag_of(entity: Any) -> str | None:
 
 def md5_from_b64(value: str) -> bytes:
     return base64.b64decode(value)
+
+
+def container_sas(account: str, key: str, container: str, permission: str, expiry: float,
+                  version: str = API_VERSION) -> str:
+    """A service SAS for one container, signed with the account key as the blob SDK's
+    generate_container_sas does (minted here so an upload never imports the blob SDK)."""
+    se = datetime.datetime.fromtimestamp(int(expiry), datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # sp, st, se, resource, si, sip, spr, sv, sr, snapshot time, ses, rscc, rscd, rsce, rscl, rsct
+    text = "\n".join([permission, "", se, f"/blob/{account}/{container}", "", "", "", version, "c",
+                      "", "", "", "", "", "", ""])
+    sig = base64.b64encode(hmac.new(base64.b64decode(key), text.encode(), hashlib.sha256).digest()).decode()
+    return f"se={quote(se, safe='')}&sp={permission}&sv={version}&sr=c&sig={quote(sig, safe='')}"
+
+
+def _http_error(what: str, status: int, code: str) -> CorpusError:
+    """The error a failed blob request maps to: the same types and words as Storage.translate()."""
+    if status in (401, 403):
+        return AuthenticationFailed(f"storage refused the credentials for {what} ({status} {code or 'HTTP'}): "
+                                    "check the account key, SAS token or identity")
+    if status == 404:
+        return NotFound(f"{what}: not found ({code or f'HTTP {status}'})")
+    if status in (409, 412):
+        return Conflict(f"{what}: changed by someone else or already exists ({code or f'HTTP {status}'})")
+    return StorageError(f"{what}: storage error {status} {code}".rstrip())
+
+
+def _refused(exc: BaseException) -> bool:
+    """A connection refused (nothing listens at the endpoint), anywhere in the exception's chain."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, ConnectionRefusedError):
+            return True
+        if isinstance(cur, aiohttp.ClientConnectorError) and isinstance(cur.os_error, ConnectionRefusedError):
+            return True
+        cur = getattr(cur, "inner_exception", None) or cur.__cause__ or cur.__context__
+    return False
 
 
 def _code(exc: Exception) -> str:

@@ -82,7 +82,9 @@ class TransformReport:
     workers: int = 0
     elapsed: float = 0.0
     interrupted: bool = False
+    retries: int = 0  # requests storage failed (error, reset, no answer) that were tried again
     registered: bool = False  # this run registered the transform
+    scheduler: str | None = None  # the Dask scheduler the job ran on (None: the local pool)
 
     def _count(self, status: str) -> int:
         return sum(1 for s in self.sets if s.status == status)
@@ -127,10 +129,12 @@ class TransformReport:
                        "already_done": sum(s.already_done for s in self.sets),
                        "failed": sum(s.failed for s in self.sets)},
             "workers": self.workers,
+            "scheduler": self.scheduler,
             "elapsed_seconds": round(self.elapsed, 3),
             "images_per_second": round(self.images_per_second, 1),
             "failures": [f.to_json() for f in self.failures],
             "interrupted": self.interrupted,
+            "retries": self.retries,
             "set_results": [s.to_json() for s in self.sets],
         }
 
@@ -198,6 +202,15 @@ class _Job:
         listing = await storage.list_prefix(source.blob_prefix)
         names = sorted(n[len(source.blob_prefix):] for n in listing)
         out.images = len(names)
+        if len(names) != source.image_count:
+            # storage lost blobs its row counts (e.g. an emulator killed before saving): transforming
+            # what is left would make a complete output that lies about its source
+            self.report.failures.append(Failure(
+                f"set {source.identity}", f"its row counts {source.image_count} images but {len(names)} blobs "
+                f"are stored under {source.blob_prefix}; not transformed (`corpus status --verify`, then "
+                "the upload rerun, repairs it)"))
+            out.status = "failed"
+            return out
         collisions = transforms.colliding_outputs(names, self.spec)
         if collisions:
             output, inputs = next(iter(sorted(collisions.items())))
@@ -265,9 +278,13 @@ class _Job:
                 lambda: storage.update_entity(storage.sets, entity, etag=etag))
         except Conflict:
             # another job finished it meanwhile (the output is deterministic): take its row
+            # (or our own update landed and only its answer was lost, then retried into a 412)
             current = await storage.get_entity(storage.sets, identity.partition_key, identity.row_key)
             if current is None or ImageSet.from_entity(current).status != COMPLETE:
                 raise
+            done_set = ImageSet.from_entity(current)
+            if not done_set.indexed:
+                await index_set(storage, done_set, self.upserts)
             out.status = "transformed"
             return out
         await index_set(storage, complete, self.upserts)
@@ -317,9 +334,15 @@ def default_workers() -> int:
 async def run_transform(storage: Storage, name: str, version: str, spec: Spec, *, tags: Sequence[str] = (),
                         source_version: str | None = None, source: str | None = None, workers: int | None = None,
                         dry_run: bool = False, max_parallel_upserts: int = 5, progress: ProgressSink | None = None,
-                        report: TransformReport | None = None, pool: Executor | None = None) -> TransformReport:
+                        report: TransformReport | None = None, pool: Executor | None = None,
+                        scheduler: str | None = None) -> TransformReport:
     """Apply ``spec`` as transform ``name@version`` to every complete source set that matches and
-    has no complete output yet. ``source`` is ``NAME2@TV2`` to transform another transform's outputs."""
+    has no complete output yet. ``source`` is ``NAME2@TV2`` to transform another transform's outputs.
+    ``scheduler``: a Dask scheduler address; the images are then transformed on its workers."""
+    if scheduler is not None:
+        from .distributed import check_cluster_options  # dask is an optional extra, imported only here
+
+        check_cluster_options(scheduler, workers)
     check_name(name, "transform name")
     check_name(version, "transform version")
     if source_version is not None:
@@ -371,6 +394,14 @@ async def run_transform(storage: Storage, name: str, version: str, spec: Spec, *
             return report
         if registered and not plans:
             return report  # nothing to do: no worker is started
+        if scheduler is not None:
+            from .distributed import run_on_cluster
+
+            report.scheduler = scheduler
+            await run_on_cluster(storage, name, version, spec, plans, scheduler=scheduler, registered=registered,
+                                 source_label=source_label, report=report, progress=progress,
+                                 max_parallel_upserts=max_parallel_upserts)
+            return report
         if pool is None:
             pool = transforms.create_pool(workers)
         if not registered:
@@ -396,7 +427,7 @@ async def run_transform(storage: Storage, name: str, version: str, spec: Spec, *
                 report.sets.append(outcomes.pop(id(o.item)))
         except (asyncio.CancelledError, KeyboardInterrupt):
             report.interrupted = True
-            report.sets.extend(o for o in outcomes.values() if o.transformed or o.already_done)
+            report.sets.extend(outcomes.values())  # every unfinished set, started or not: the rerun does them
             raise
         return report
     finally:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything the demo and the tests need on a bare Debian machine; safe to rerun.
-# EXTRA_APT adds packages (the benchmarks ask for rclone); PIP_EXTRAS picks the pip extras.
+# EXTRA_APT adds packages (the benchmarks ask for rclone); PIP_EXTRAS picks the pip extras (default
+# test,distributed: `make test` runs the Dask tests too).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,8 +30,10 @@ if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv" >&2
     "$PY" -m venv .venv
 fi
-if [ ! -f .venv/.stamp ] || [ pyproject.toml -nt .venv/.stamp ]; then
-    echo "setup: pip install -e .[${PIP_EXTRAS:-test}]" >&2
-    .venv/bin/pip install -q -e ".[${PIP_EXTRAS:-test}]"
-    touch .venv/.stamp
+# The stamp holds the extras it was made with: a venv set up before an extra was added gets it too.
+extras=${PIP_EXTRAS:-test,distributed}
+if [ ! -f .venv/.stamp ] || [ pyproject.toml -nt .venv/.stamp ] || [ "$(cat .venv/.stamp)" != "$extras" ]; then
+    echo "setup: pip install -e .[$extras]" >&2
+    .venv/bin/pip install -q -e ".[$extras]"
+    echo "$extras" > .venv/.stamp
 fi

@@ -1,0 +1,135 @@
+"""What the query/download and transform suites share: their storage, one measured step, the header.
+
+The upload suite (upload.py, driven by __main__.py) predates them; these two suites reuse its parts
+(``Context``, ``run_measured`` through launch.py, ``Azurite``, ``machine``) and add only this glue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from . import azurite, common
+from .common import Context, Sample
+from .measure import Measured
+from .tools import BENCH_DIR
+
+
+@contextlib.contextmanager
+def storage_context(
+    suite: str, *, parallel: int, rounds: int, quick: bool, in_memory: bool, keep_work: bool
+) -> Iterator[Context]:
+    """A Context on a private Azurite (or BENCH_CONNECTION_STRING's storage); its data dropped after."""
+    work = BENCH_DIR / f"work-{suite}"  # not .bench/work: the upload suite may run at the same time
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    server: azurite.Azurite | None = None
+    env_conn = os.environ.get(azurite.ENV_CONNECTION)
+    if env_conn:
+        endpoint = azurite.parse_connection_string(env_conn)
+        print(f"bench: using the storage of {azurite.ENV_CONNECTION} ({endpoint.blob_endpoint})", flush=True)
+    else:
+        server = azurite.Azurite(work / "azurite", in_memory=in_memory)
+        endpoint = server.start()
+        print(f"bench: Azurite on {endpoint.blob_endpoint} (data in {server.location})", flush=True)
+    ctx = Context(
+        endpoint=endpoint,
+        work=work,
+        corpora=BENCH_DIR / "corpora",
+        parallel=parallel,
+        rounds=rounds,
+        quick=quick,
+        variants={"corpus": None},
+        contenders=None,
+    )
+    try:
+        yield ctx
+    finally:
+        endpoint.close()
+        if server is not None:
+            server.stop()
+        if not keep_work:
+            shutil.rmtree(work / "azurite", ignore_errors=True)
+
+
+def corpus_env(ctx: Context) -> dict[str, str]:
+    return ctx.child_env({"AZURE_STORAGE_CONNECTION_STRING": ctx.endpoint.connection_string})
+
+
+def corpus_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "corpus_manager.cli", *args]
+
+
+@dataclass
+class Step:
+    """One measured child: its sample (when recorded) and its stdout for the caller's checks."""
+
+    measured: Measured
+    ok: bool
+    reason: str
+
+
+def step(
+    ctx: Context,
+    samples: list[Sample] | None,
+    scenario: str,
+    name: str,
+    rnd: int,
+    argv: list[str],
+    env: dict[str, str],
+    *,
+    files: int,
+    nbytes: int,
+    check: Callable[[Measured], str] | None = None,
+) -> Step:
+    """Run ``argv`` measured; a run counts only if it exits 0 and ``check`` (stdout, outputs) says ""."""
+    label = f"r{rnd}-{scenario}-{name}".replace(":", "_").replace("@", "_").replace(" ", "_")
+    m = ctx.run(argv, env, label)
+    if m.timed_out:
+        reason = f"timed out after {ctx.timeout:.0f} s"
+    elif m.returncode != 0:
+        reason = f"exit {m.returncode}: {m.stderr.strip().splitlines()[-1] if m.stderr.strip() else ''}"
+    else:
+        reason = check(m) if check else ""
+    ok = not reason
+    server = f", server {m.server_cpu:.2f} s CPU" if m.server_cpu is not None else ""
+    status = "ok" if ok else f"FAILED ({reason}); logs: {ctx.log_dir / label}.*"
+    where = f"round {rnd}" if rnd else "warm-up"
+    print(
+        f"  {where:8} {scenario:10} {name:22} {m.wall:7.2f} s wall {m.cpu:6.2f} s CPU {m.maxrss_mb:6.0f} MB"
+        f"{server}  {status}",
+        flush=True,
+    )
+    if samples is not None:
+        samples.append(Sample.of(scenario, name, rnd, files, nbytes, m, ok, reason))
+    return Step(m, ok, reason)
+
+
+def header(title: str, versions: dict[str, str]) -> str:
+    info = common.machine()
+    return (
+        f"{title}, {dt.date.today().isoformat()}, {info['cpu']} ({info['cores']} cores, {info['memory_gb']} GB), "
+        f"{info['os']}; " + ", ".join(f"{k} {v}" for k, v in versions.items())
+    )
+
+
+def rotate(items: list[str], by: int) -> list[str]:
+    by %= max(1, len(items))
+    return items[by:] + items[:by]
+
+
+def table(head: list[str], lines: list[list[str]], left: int = 2) -> str:
+    """Columns padded to their widest cell; the first ``left`` columns left-aligned, the rest right."""
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *lines, strict=False)]
+
+    def fmt(cells: list[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+
+    return "\n".join([fmt(head), "  ".join("-" * w for w in widths), *(fmt(x) for x in lines)])

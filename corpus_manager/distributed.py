@@ -1,0 +1,374 @@
+"""Transform jobs on a Dask cluster (``corpus transform --scheduler``): the only module that imports dask.
+
+The split of work:
+
+- the client (the ``corpus`` process) plans as for the local pool, keeps each output set's lifecycle
+  (``pending`` row, ``complete`` row with counts and digest, tag index) and draws the progress bar from
+  task completions;
+- each Dask task is a chunk of one source set, ``transform_chunk``: source and output blob names in,
+  per-file results out; the worker downloads, transforms (the same ``transforms.apply_spec`` as the
+  local pool, so the same bytes) and uploads.
+
+Credentials never travel through the scheduler: a worker builds its own ``Storage`` from its own
+``AZURE_STORAGE_CONNECTION_STRING`` (or ``CORPUS_ACCOUNT_URL`` with a managed identity); the client sends
+only blob names, the spec's canonical JSON and the corpus name. ``distributed`` is an optional extra,
+imported only when a scheduler is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import math
+import os
+import threading
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import transforms
+from transforms import Spec
+
+from .config import ConnectionInfo, connection_from_settings, redact
+from .errors import ConfigError, Conflict, CorpusError
+from .models import COMPLETE, PENDING, ImageSet, content_digest
+from .results import Failure, ProgressSink
+from .storage import Storage, etag_of
+from .tagindex import index_set
+from .throttle import ThrottleWork
+from .transform import TransformReport, TransformSetOutcome, _Plan, register_transform
+
+SCHEDULER_ENV = "CORPUS_DASK_SCHEDULER"
+CONNECTION_ENV = "AZURE_STORAGE_CONNECTION_STRING"
+ACCOUNT_URL_ENV = "CORPUS_ACCOUNT_URL"
+CHUNK_MIN, CHUNK_MAX = 4, 32  # images per task: enough to overlap a worker's I/O with its CPU and pay for
+CHUNKS_PER_THREAD = 4  # the task's set-up, small enough that a set spreads and progress moves
+TASK_RETRIES = 2  # a task that raised runs again (maybe on a worker that has credentials or reaches storage)
+CONNECT_TIMEOUT = 10.0  # seconds to reach the scheduler
+WORKER_WAIT = 30.0  # seconds to wait for the first worker to join
+IO_IN_FLIGHT = 4  # images of one chunk in flight on a worker (downloads and uploads overlap the CPU)
+
+
+class WorkerConfigError(ConfigError):
+    """A worker cannot reach storage as configured (no credentials, a malformed connection string)."""
+
+
+def require_distributed() -> ModuleType:
+    """``distributed``, or a ConfigError (exit 2) telling how to install the extra."""
+    try:
+        import distributed
+    except ImportError as exc:
+        raise ConfigError(
+            "--scheduler needs Dask's distributed scheduler, an optional extra that is not installed "
+            f"({exc.name or exc}): pip install 'corpus-manager[distributed]'") from None
+    return distributed
+
+
+def check_cluster_options(scheduler: str, workers: int | None) -> None:
+    """Usage errors of a cluster run, found before anything is read or written."""
+    if not scheduler.strip():
+        raise ConfigError(f"--scheduler ({SCHEDULER_ENV}) is empty: give the scheduler's address, e.g. "
+                          "tcp://10.0.0.4:8786")
+    if workers is not None:
+        raise ConfigError("--workers sizes the local process pool; with --scheduler the cluster's workers do the "
+                          "work (start more `dask worker` processes to scale)")
+    require_distributed()
+
+
+# ----- worker side ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FileResult:
+    source: str  # source blob name
+    output: str  # output blob name
+    md5_hex: str = ""
+    size: int = 0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    files: list[FileResult]
+    worker: str  # the worker's address, for messages
+    account: str  # the account the worker wrote to (a name, not a secret): checked against the client's
+
+
+_cpu_lock = threading.Lock()
+_cpu_executor: ThreadPoolExecutor | None = None
+
+
+def _cpu() -> ThreadPoolExecutor:
+    """One ImageMagick thread per worker process, shared by its task threads: wand is not thread-safe and
+    the per-image time limit is process-wide; parallelism comes from worker processes (``--nworkers``)."""
+    global _cpu_executor
+    with _cpu_lock:
+        if _cpu_executor is None:
+            _cpu_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="corpus-imagemagick")
+        return _cpu_executor
+
+
+def _worker_name() -> str:
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().address)
+    except (ImportError, ValueError):
+        return f"pid {os.getpid()}"
+
+
+def worker_connection() -> ConnectionInfo:
+    """The worker's own storage settings, from its own environment; never the client's."""
+    conn = os.environ.get(CONNECTION_ENV) or None
+    url = os.environ.get(ACCOUNT_URL_ENV) or None
+    if not conn and not url:
+        raise WorkerConfigError(
+            f"Dask worker {_worker_name()} has no storage credentials: set {CONNECTION_ENV} (or {ACCOUNT_URL_ENV} "
+            "for a managed identity) in the environment of every `dask worker`; credentials are never sent "
+            "through the scheduler")
+    try:
+        return connection_from_settings(conn, url)
+    except ConfigError as exc:
+        raise WorkerConfigError(f"Dask worker {_worker_name()}: {exc}") from None
+
+
+def transform_chunk(corpus: str, spec_json: str, pairs: Sequence[tuple[str, str]]) -> ChunkResult:
+    """One Dask task: transform ``(source blob, output blob)`` pairs of one set. Per-file failures are
+    returned, not raised, so one bad image fails only itself; a worker that cannot reach storage at all
+    raises (WorkerConfigError) and the task fails."""
+    info = worker_connection()
+    return asyncio.run(_transform_chunk(info, corpus, spec_json, pairs))
+
+
+async def _transform_chunk(info: ConnectionInfo, corpus: str, spec_json: str,
+                           pairs: Sequence[tuple[str, str]]) -> ChunkResult:
+    files: list[FileResult] = []
+    async with Storage(info, corpus, pool_size=IO_IN_FLIGHT) as storage:
+        async def one(pair: tuple[str, str]) -> FileResult:
+            return await _transform_one(storage, spec_json, *pair)
+
+        async for o in ThrottleWork(IO_IN_FLIGHT).map(one, pairs):
+            if o.error is not None:
+                files.append(FileResult(*o.item, error=_reason(o.error)))
+            else:
+                assert o.result is not None
+                files.append(o.result)
+    return ChunkResult(files, _worker_name(), info.account_name)
+
+
+async def _transform_one(storage: Storage, spec_json: str, source: str, output: str) -> FileResult:
+    data, info = await storage.get_blob(source)
+    if info.md5_hex and hashlib.md5(data, usedforsecurity=False).hexdigest() != info.md5_hex:
+        raise CorpusError(f"downloaded bytes do not match the blob's Content-MD5 ({len(data)} bytes)")
+    # looked up at call time (not imported by name) so the whole module sees one apply_spec
+    result = await asyncio.get_running_loop().run_in_executor(_cpu(), transforms.apply_spec, spec_json, data, source)
+    md5 = hashlib.md5(result.data, usedforsecurity=False).digest()
+    await storage.put_blob(output, result.data, content_type=result.content_type, md5=md5)
+    return FileResult(source, output, md5.hex(), len(result.data))
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, CorpusError | transforms.ImageError):
+        return str(error)
+    return redact(f"{error.__class__.__name__}: {error}")
+
+
+# ----- client side ---------------------------------------------------------------------------
+def chunk_size(todo: int, threads: int) -> int:
+    """Images per task for a set of ``todo`` images on a cluster of ``threads`` worker threads: a few tasks
+    per thread (a set spreads, the tail balances, progress moves), within CHUNK_MIN..CHUNK_MAX."""
+    return max(1, min(CHUNK_MAX, max(CHUNK_MIN, math.ceil(todo / (CHUNKS_PER_THREAD * threads)))))
+
+
+async def _connect(distributed: ModuleType, scheduler: str) -> Any:
+    hint = (f"start one with `dask scheduler` and workers with `dask worker {scheduler}`, or fix --scheduler "
+            f"({SCHEDULER_ENV})")
+    try:
+        return await distributed.Client(scheduler, asynchronous=True, timeout=CONNECT_TIMEOUT,
+                                        set_as_default=False)
+    except (OSError, TimeoutError, ValueError) as exc:
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
+        raise ConfigError(f"cannot reach the Dask scheduler at {redact(scheduler)} ({redact(detail)}); "
+                          f"{hint}") from None
+
+
+async def _worker_threads(client: Any, scheduler: str) -> int:
+    try:
+        await client.wait_for_workers(1, timeout=WORKER_WAIT)
+    except TimeoutError:
+        raise ConfigError(f"the Dask scheduler at {redact(scheduler)} has no workers after {WORKER_WAIT:.0f} s: "
+                          f"start some with `{CONNECTION_ENV}=... dask worker {scheduler} --nthreads 1`") from None
+    return max(1, sum((await client.nthreads()).values()))
+
+
+@dataclass
+class _ClusterJob:
+    client: Any
+    killed_worker: type[BaseException]
+    storage: Storage
+    name: str
+    version: str
+    spec: Spec
+    chunks: ThrottleWork  # tasks in flight on the cluster, shared by all sets
+    upserts: ThrottleWork
+    threads: int
+    progress: ProgressSink
+    report: TransformReport
+    token: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    counter: itertools.count[int] = field(default_factory=itertools.count)
+
+    async def run_chunk(self, pairs: list[tuple[str, str]]) -> ChunkResult:
+        future = self.client.submit(transform_chunk, self.storage.corpus, self.spec.canonical_json(), pairs,
+                                    key=f"corpus-transform-{self.token}-{next(self.counter)}", pure=False,
+                                    retries=TASK_RETRIES)
+        try:
+            return await future  # type: ignore[no-any-return]
+        finally:
+            future.release()
+
+    def chunk_reason(self, error: BaseException) -> str:
+        if isinstance(error, self.killed_worker):
+            tries = getattr(error, "allowed_failures", None)
+            last = getattr(getattr(error, "last_worker", None), "address", None)
+            return (f"the Dask workers running it died ({tries + 1 if tries is not None else 'several'} tries"
+                    + (f", the last on {last}" if last else "") + "); see the workers' logs (out of memory?)")
+        return _reason(error)
+
+    async def run_set(self, plan: _Plan, out: TransformSetOutcome) -> TransformSetOutcome:
+        # The lifecycle mirrors transform._Job.run_set; only the per-image work goes to the cluster.
+        storage, source, spec = self.storage, plan.source, self.spec
+        identity = source.identity.derived(self.name, self.version)
+        listing = await storage.list_prefix(source.blob_prefix)
+        names = sorted(n[len(source.blob_prefix):] for n in listing)
+        out.images = len(names)
+        if len(names) != source.image_count:
+            # storage lost blobs its row counts: a complete output would lie about its source
+            self.report.failures.append(Failure(
+                f"set {source.identity}", f"its row counts {source.image_count} images but {len(names)} blobs "
+                f"are stored under {source.blob_prefix}; not transformed"))
+            out.status = "failed"
+            return out
+        collisions = transforms.colliding_outputs(names, spec)
+        if collisions:
+            output, inputs = next(iter(sorted(collisions.items())))
+            self.report.failures.append(Failure(
+                f"set {source.identity}", f"{len(collisions)} outputs would be written by two inputs "
+                f"(e.g. {' and '.join(inputs)} -> {output}); the set is not transformed"))
+            out.status = "failed"
+            return out
+        done: set[str] = set()
+        if plan.output is not None:
+            etag = plan.output.etag
+            done = {n[len(identity.blob_prefix):] for n in await storage.list_prefix(identity.blob_prefix)}
+        else:
+            pending = ImageSet(identity, tags=source.tags, status=PENDING, source_set=source.identity.key)
+            try:
+                etag = await self.upserts.run(lambda: storage.create_entity(storage.sets, pending.to_entity()))
+            except Conflict:  # another job created it meanwhile
+                entity = await storage.get_entity(storage.sets, identity.partition_key, identity.row_key)
+                etag = etag_of(entity)
+        todo = [n for n in names if transforms.output_name(n, spec) not in done]
+        out.already_done = len(names) - len(todo)
+        self.progress.advance(files=out.already_done)
+        size = chunk_size(len(todo), self.threads)
+        chunks = [[(source.blob_prefix + n, identity.blob_name(transforms.output_name(n, spec)))
+                   for n in todo[i:i + size]] for i in range(0, len(todo), size)]
+        lost: dict[str, int] = {}  # reason a whole chunk failed -> images it held
+        async for o in self.chunks.map(self.run_chunk, chunks):
+            if o.error is None and o.result is not None and o.result.account != storage.info.account_name:
+                o.error = CorpusError(f"Dask worker {o.result.worker} stores to account {o.result.account!r}, this "
+                                      f"client to {storage.info.account_name!r}: give the workers the same account")
+            if o.error is not None:
+                reason = self.chunk_reason(o.error)
+                lost[reason] = lost.get(reason, 0) + len(o.item)
+                out.failed += len(o.item)
+                self.progress.advance(files=len(o.item))
+                continue
+            assert o.result is not None
+            nbytes = 0
+            for f in o.result.files:
+                if f.error is not None:
+                    self.report.failures.append(Failure(f.source, f.error))
+                    out.failed += 1
+                else:
+                    out.transformed += 1
+                    nbytes += f.size
+            out.bytes += nbytes
+            self.progress.advance(files=len(o.item), nbytes=nbytes)
+        for reason, count in lost.items():
+            self.report.failures.append(Failure(f"set {source.identity}",
+                                                f"{count} of {len(todo)} images not transformed: {reason}"))
+        if out.failed:
+            out.status = "failed"  # stays pending: a rerun retries what failed
+            return out
+        # the complete set = everything stored under the output prefix for this source
+        final = await storage.list_prefix(identity.blob_prefix)
+        pairs = [(n[len(identity.blob_prefix):], info.md5_hex or "") for n, info in final.items()]
+        expected = {transforms.output_name(n, spec) for n in names}
+        if {p for p, _ in pairs} != expected:
+            missing = sorted(expected - {p for p, _ in pairs})
+            self.report.failures.append(Failure(f"set {identity}", f"outputs missing after the run: {missing[:3]}"))
+            out.status = "failed"
+            return out
+        complete = ImageSet(identity, tags=source.tags, status=COMPLETE, image_count=len(pairs),
+                            total_bytes=sum(info.size for info in final.values()), content_digest=content_digest(pairs),
+                            source_set=source.identity.key)
+        entity = complete.to_entity()
+        entity["Indexed"] = False
+        try:
+            complete.etag = await self.upserts.run(lambda: storage.update_entity(storage.sets, entity, etag=etag))
+        except Conflict:
+            # another job finished it meanwhile (the output is deterministic): take its row
+            current = await storage.get_entity(storage.sets, identity.partition_key, identity.row_key)
+            if current is None or ImageSet.from_entity(current).status != COMPLETE:
+                raise
+            done_set = ImageSet.from_entity(current)
+            if not done_set.indexed:  # our own update landed and only its answer was lost
+                await index_set(storage, done_set, self.upserts)
+            out.status = "transformed"
+            return out
+        await index_set(storage, complete, self.upserts)
+        out.status = "transformed"
+        return out
+
+
+async def run_on_cluster(storage: Storage, name: str, version: str, spec: Spec, plans: list[_Plan], *,
+                         scheduler: str, registered: bool, source_label: str, report: TransformReport,
+                         progress: ProgressSink, max_parallel_upserts: int) -> None:
+    """Run the planned sets on the Dask cluster at ``scheduler``; fills ``report`` as the local pool does."""
+    distributed = require_distributed()
+    client = await _connect(distributed, scheduler)
+    try:
+        threads = await _worker_threads(client, scheduler)
+        report.workers = threads
+        if not registered:
+            # the ImageMagick version is the workers' (the client never loads wand)
+            future = client.submit(transforms.imagemagick_version, pure=False, retries=TASK_RETRIES)
+            im_version = await future
+            report.registered = await register_transform(storage, name, version, spec, source_label, im_version)
+        progress.grow(files=sum(p.source.image_count for p in plans))
+        # two tasks per worker thread: one running, one queued, so no worker waits on the client
+        job = _ClusterJob(client, distributed.KilledWorker, storage, name, version, spec,
+                          ThrottleWork(max(2, 2 * threads)), ThrottleWork(max_parallel_upserts), threads, progress,
+                          report)
+        outcomes = {id(p): TransformSetOutcome(p.source.path, p.source.version, "interrupted") for p in plans}
+
+        async def run_one(plan: _Plan) -> TransformSetOutcome:
+            return await job.run_set(plan, outcomes[id(plan)])
+
+        try:
+            # sets in flight: enough for their chunks to fill the cluster
+            async for o in ThrottleWork(max(4, 2 * threads)).map(run_one, plans):
+                if o.error is not None:
+                    out = outcomes[id(o.item)]
+                    out.status = "failed"
+                    report.failures.append(Failure(f"set {o.item.source.identity}", _reason(o.error)))
+                report.sets.append(outcomes.pop(id(o.item)))
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            report.interrupted = True
+            report.sets.extend(o for o in outcomes.values() if o.transformed or o.already_done)
+            raise
+    finally:
+        await client.close()
