@@ -209,6 +209,7 @@ class _Downloader:
             raise ChecksumMismatch("the blob has no Content-MD5 to check against; not downloaded")
         local = await asyncio.to_thread(_md5_file, target)
         if local == (blob.md5_hex, blob.size):
+            self.report.files_present += 1
             return "present", self.record(row, target, blob.name, blob.size, blob.md5_hex)
         md5_hex, size = await self.fetch(blob, target)
         return "downloaded", self.record(row, target, blob.name, size, md5_hex)
@@ -235,7 +236,11 @@ class _Downloader:
             if h.hexdigest() != expected:
                 raise ChecksumMismatch(f"downloaded content has MD5 {h.hexdigest()} but the blob's Content-MD5 "
                                        f"is {expected}; not written")
-            await asyncio.to_thread(os.replace, temp, target)
+            # On the loop, and counted in the same step: a rename in a thread could land after a Ctrl-C
+            # cancelled its await, leaving a file the report does not count. A rename is a metadata write.
+            os.replace(temp, target)
+            self.report.files_downloaded += 1
+            self.report.bytes_downloaded += size
         except BaseException:
             await asyncio.to_thread(_unlink_quietly, temp)
             raise
@@ -329,12 +334,8 @@ async def download_sets(storage: Storage, out: str, filters: QueryFilter | None 
                 progress.advance(files=1)
                 continue
             assert o.result is not None
-            state, rec = o.result
-            if state == "downloaded":
-                report.files_downloaded += 1
-                report.bytes_downloaded += rec.bytes
-            else:
-                report.files_present += 1
+            _, rec = o.result
+            # files_downloaded / files_present were counted where the file was settled
             report.records.append(rec)
             progress.advance(files=1, nbytes=rec.bytes)
     except (asyncio.CancelledError, KeyboardInterrupt):
