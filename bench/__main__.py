@@ -13,12 +13,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
 
-from . import azurite, common, tools
+from . import azurite, common, harness, tools
 from . import profile as prof
 from . import upload as up
 from .tools import BENCH_DIR
@@ -118,33 +117,11 @@ def main(argv: list[str] | None = None) -> int:
 
     check_sample(roots["warmup"])
 
-    # One scratch dir, emptied at the start: the last run's logs stay for a post-mortem, no more.
-    work = BENCH_DIR / "work"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    server: azurite.Azurite | None = None
     env_conn = os.environ.get(azurite.ENV_CONNECTION)
-    if env_conn:
-        endpoint = azurite.parse_connection_string(env_conn)
-        print(f"bench: using the storage of {azurite.ENV_CONNECTION} ({endpoint.blob_endpoint})", flush=True)
-    else:
-        server = azurite.Azurite(work / "azurite", in_memory=args.in_memory)
-        endpoint = server.start()
-        print(
-            f"bench: Azurite {versions['azurite']} on {endpoint.blob_endpoint} (data in {server.location})", flush=True
-        )
-    ctx = common.Context(
-        endpoint=endpoint,
-        work=work,
-        corpora=corpora_dir,
-        parallel=args.parallel,
-        rounds=rounds,
-        quick=args.quick,
-        variants=variants,
-        contenders=kinds,
-    )
     started = time.time()
-    try:
+    with harness.storage_context("upload", parallel=args.parallel, rounds=rounds, quick=args.quick,
+                                 in_memory=args.in_memory, keep_work=args.keep_work, variants=variants,
+                                 contenders=kinds) as ctx:
         suite = up.UploadSuite(ctx, sizes, wanted, roots)
         print(
             f"bench: contenders {', '.join(c.name for c in suite.contenders)}; N={args.parallel}; "
@@ -154,10 +131,6 @@ def main(argv: list[str] | None = None) -> int:
         samples = suite.run()
         profile_on = args.profile if args.profile is not None else "a" in wanted
         profiles = suite.profile(RESULTS) if profile_on and variants and "a" in wanted else {}
-    finally:
-        endpoint.close()
-        if server is not None:
-            server.stop()
     ids = up.scenario_ids(sizes, wanted)
     anchors, ceilings = up.anchors_and_ceilings(ids)
     rows = common.summarize(samples, anchors, ceilings)
@@ -200,8 +173,6 @@ def main(argv: list[str] | None = None) -> int:
     }
     up.write_json(args.json_out, payload)
     print(f"\nbench: wrote {args.json_out}")
-    if not args.keep_work:  # Azurite's data is the bulk of it (GBs after scenario c)
-        shutil.rmtree(work / "azurite", ignore_errors=True)
     print(f"bench: child logs in {ctx.log_dir}")
     failed = sum(1 for s in samples if not s.ok)
     if failed:

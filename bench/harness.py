@@ -22,10 +22,20 @@ from .tools import BENCH_DIR
 
 @contextlib.contextmanager
 def storage_context(
-    suite: str, *, parallel: int, rounds: int, quick: bool, in_memory: bool, keep_work: bool
+    suite: str,
+    *,
+    parallel: int,
+    rounds: int,
+    quick: bool,
+    in_memory: bool,
+    keep_work: bool,
+    variants: dict[str, str | None] | None = None,
+    contenders: set[str] | None = None,
 ) -> Iterator[Context]:
-    """A Context on a private Azurite (or BENCH_CONNECTION_STRING's storage); its data dropped after."""
-    work = BENCH_DIR / f"work-{suite}"  # not .bench/work: the upload suite may run at the same time
+    """A Context on a private Azurite (or BENCH_CONNECTION_STRING's storage) with a scratch dir emptied at
+    the start (the last run's logs stay for a post-mortem, no more); Azurite's data dropped after."""
+    # one dir per suite, so suites can run at the same time; the upload suite keeps .bench/work
+    work = BENCH_DIR / ("work" if suite == "upload" else f"work-{suite}")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     server: azurite.Azurite | None = None
@@ -44,8 +54,8 @@ def storage_context(
         parallel=parallel,
         rounds=rounds,
         quick=quick,
-        variants={"corpus": None},
-        contenders=None,
+        variants={"corpus": None} if variants is None else variants,
+        contenders=contenders,
     )
     try:
         yield ctx

@@ -34,13 +34,12 @@ import transforms
 from transforms import Spec
 
 from .config import ConnectionInfo, connection_from_settings, redact
-from .errors import ConfigError, Conflict, CorpusError
-from .models import COMPLETE, PENDING, ImageSet, content_digest
+from .errors import ConfigError, CorpusError
+from .models import ImageSet, SetIdentity
 from .results import Failure, ProgressSink
-from .storage import Storage, etag_of
-from .tagindex import index_set
+from .storage import Storage
 from .throttle import ThrottleWork
-from .transform import TransformReport, TransformSetOutcome, _Plan, register_transform
+from .transform import SetJob, TransformReport, TransformSetOutcome, _Plan, register_transform
 
 SCHEDULER_ENV = "CORPUS_DASK_SCHEDULER"
 CONNECTION_ENV = "AZURE_STORAGE_CONNECTION_STRING"
@@ -204,7 +203,7 @@ async def _worker_threads(client: Any, scheduler: str) -> int:
 
 
 @dataclass
-class _ClusterJob:
+class _ClusterJob(SetJob):
     client: Any
     killed_worker: type[BaseException]
     storage: Storage
@@ -236,42 +235,10 @@ class _ClusterJob:
                     + (f", the last on {last}" if last else "") + "); see the workers' logs (out of memory?)")
         return _reason(error)
 
-    async def run_set(self, plan: _Plan, out: TransformSetOutcome) -> TransformSetOutcome:
-        # The lifecycle mirrors transform._Job.run_set; only the per-image work goes to the cluster.
-        storage, source, spec = self.storage, plan.source, self.spec
-        identity = source.identity.derived(self.name, self.version)
-        listing = await storage.list_prefix(source.blob_prefix)
-        names = sorted(n[len(source.blob_prefix):] for n in listing)
-        out.images = len(names)
-        if len(names) != source.image_count:
-            # storage lost blobs its row counts: a complete output would lie about its source
-            self.report.failures.append(Failure(
-                f"set {source.identity}", f"its row counts {source.image_count} images but {len(names)} blobs "
-                f"are stored under {source.blob_prefix}; not transformed"))
-            out.status = "failed"
-            return out
-        collisions = transforms.colliding_outputs(names, spec)
-        if collisions:
-            output, inputs = next(iter(sorted(collisions.items())))
-            self.report.failures.append(Failure(
-                f"set {source.identity}", f"{len(collisions)} outputs would be written by two inputs "
-                f"(e.g. {' and '.join(inputs)} -> {output}); the set is not transformed"))
-            out.status = "failed"
-            return out
-        done: set[str] = set()
-        if plan.output is not None:
-            etag = plan.output.etag
-            done = {n[len(identity.blob_prefix):] for n in await storage.list_prefix(identity.blob_prefix)}
-        else:
-            pending = ImageSet(identity, tags=source.tags, status=PENDING, source_set=source.identity.key)
-            try:
-                etag = await self.upserts.run(lambda: storage.create_entity(storage.sets, pending.to_entity()))
-            except Conflict:  # another job created it meanwhile
-                entity = await storage.get_entity(storage.sets, identity.partition_key, identity.row_key)
-                etag = etag_of(entity)
-        todo = [n for n in names if transforms.output_name(n, spec) not in done]
-        out.already_done = len(names) - len(todo)
-        self.progress.advance(files=out.already_done)
+    async def process(self, source: ImageSet, identity: SetIdentity, todo: list[str],
+                      out: TransformSetOutcome) -> None:
+        # the set's lifecycle is transform.SetJob's; only the per-image work goes to the cluster
+        storage, spec = self.storage, self.spec
         size = chunk_size(len(todo), self.threads)
         chunks = [[(source.blob_prefix + n, identity.blob_name(transforms.output_name(n, spec)))
                    for n in todo[i:i + size]] for i in range(0, len(todo), size)]
@@ -300,38 +267,6 @@ class _ClusterJob:
         for reason, count in lost.items():
             self.report.failures.append(Failure(f"set {source.identity}",
                                                 f"{count} of {len(todo)} images not transformed: {reason}"))
-        if out.failed:
-            out.status = "failed"  # stays pending: a rerun retries what failed
-            return out
-        # the complete set = everything stored under the output prefix for this source
-        final = await storage.list_prefix(identity.blob_prefix)
-        pairs = [(n[len(identity.blob_prefix):], info.md5_hex or "") for n, info in final.items()]
-        expected = {transforms.output_name(n, spec) for n in names}
-        if {p for p, _ in pairs} != expected:
-            missing = sorted(expected - {p for p, _ in pairs})
-            self.report.failures.append(Failure(f"set {identity}", f"outputs missing after the run: {missing[:3]}"))
-            out.status = "failed"
-            return out
-        complete = ImageSet(identity, tags=source.tags, status=COMPLETE, image_count=len(pairs),
-                            total_bytes=sum(info.size for info in final.values()), content_digest=content_digest(pairs),
-                            source_set=source.identity.key)
-        entity = complete.to_entity()
-        entity["Indexed"] = False
-        try:
-            complete.etag = await self.upserts.run(lambda: storage.update_entity(storage.sets, entity, etag=etag))
-        except Conflict:
-            # another job finished it meanwhile (the output is deterministic): take its row
-            current = await storage.get_entity(storage.sets, identity.partition_key, identity.row_key)
-            if current is None or ImageSet.from_entity(current).status != COMPLETE:
-                raise
-            done_set = ImageSet.from_entity(current)
-            if not done_set.indexed:  # our own update landed and only its answer was lost
-                await index_set(storage, done_set, self.upserts)
-            out.status = "transformed"
-            return out
-        await index_set(storage, complete, self.upserts)
-        out.status = "transformed"
-        return out
 
 
 async def run_on_cluster(storage: Storage, name: str, version: str, spec: Spec, plans: list[_Plan], *,

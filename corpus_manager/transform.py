@@ -182,19 +182,23 @@ class _Plan:
     output: ImageSet | None  # an existing (pending) output row, if any
 
 
-class _Job:
-    def __init__(self, storage: Storage, name: str, version: str, spec: Spec, pool: Executor, slots: int,
-                 upserts: int, progress: ProgressSink, report: TransformReport) -> None:
-        self.storage = storage
-        self.name = name
-        self.version = version
-        self.spec = spec
-        self.spec_json = spec.canonical_json()
-        self.pool = pool
-        self.images = ThrottleWork(slots)
-        self.upserts = ThrottleWork(upserts)
-        self.progress = progress
-        self.report = report
+class SetJob:
+    """The lifecycle of output sets, shared by the local pool (``_Job``) and the Dask cluster
+    (``distributed._ClusterJob``): checks, pending row, the images still missing (``process``, the one
+    part that differs), final listing, complete row, tag rows."""
+
+    storage: Storage
+    name: str
+    version: str
+    spec: Spec
+    upserts: ThrottleWork
+    progress: ProgressSink
+    report: TransformReport
+
+    async def process(self, source: ImageSet, identity: SetIdentity, todo: list[str],
+                      out: TransformSetOutcome) -> None:
+        """Transform and store the source files ``todo``; count them in ``out``, name failures in the report."""
+        raise NotImplementedError
 
     async def run_set(self, plan: _Plan, out: TransformSetOutcome) -> TransformSetOutcome:
         storage, source = self.storage, plan.source
@@ -219,12 +223,11 @@ class _Job:
                 f"(e.g. {' and '.join(inputs)} -> {output}); the set is not transformed"))
             out.status = "failed"
             return out
-        done: dict[str, str] = {}
+        done: set[str] = set()
         etag: str | None = None
         if plan.output is not None:
             etag = plan.output.etag
-            stored = await storage.list_prefix(identity.blob_prefix)
-            done = {n[len(identity.blob_prefix):]: info.md5_hex or "" for n, info in stored.items()}
+            done = {n[len(identity.blob_prefix):] for n in await storage.list_prefix(identity.blob_prefix)}
         else:
             pending = ImageSet(identity, tags=source.tags, status=PENDING, source_set=source.identity.key)
             try:
@@ -232,30 +235,10 @@ class _Job:
             except Conflict:  # another job created it meanwhile
                 entity = await storage.get_entity(storage.sets, identity.partition_key, identity.row_key)
                 etag = etag_of(entity)
-        results: dict[str, tuple[str, int]] = {}  # output name -> (md5, size)
-        for file_name in names:
-            out_name = transforms.output_name(file_name, self.spec)
-            if out_name in done:
-                out.already_done += 1
-                self.progress.advance(files=1)
-
-        async def one(file_name: str) -> tuple[str, str, int]:
-            return await self.one_image(source, identity, file_name)
-
         todo = [n for n in names if transforms.output_name(n, self.spec) not in done]
-        async for o in self.images.map(one, todo):
-            if o.error is not None:
-                reason = str(o.error) if isinstance(o.error, CorpusError | transforms.ImageError) else (
-                    f"{o.error.__class__.__name__}: {o.error}")
-                self.report.failures.append(Failure(source.blob_prefix + o.item, reason))
-                out.failed += 1
-                self.progress.advance(files=1)
-                continue
-            assert o.result is not None
-            out_name, md5_hex, size = o.result
-            results[out_name] = (md5_hex, size)
-            out.transformed += 1
-            out.bytes += size
+        out.already_done = len(names) - len(todo)
+        self.progress.advance(files=out.already_done)
+        await self.process(source, identity, todo, out)
         if out.failed:
             out.status = "failed"  # stays pending: a rerun retries what failed
             return out
@@ -282,14 +265,47 @@ class _Job:
             current = await storage.get_entity(storage.sets, identity.partition_key, identity.row_key)
             if current is None or ImageSet.from_entity(current).status != COMPLETE:
                 raise
-            done_set = ImageSet.from_entity(current)
-            if not done_set.indexed:
-                await index_set(storage, done_set, self.upserts)
-            out.status = "transformed"
-            return out
+            complete = ImageSet.from_entity(current)
+            if complete.indexed:
+                out.status = "transformed"
+                return out
         await index_set(storage, complete, self.upserts)
         out.status = "transformed"
         return out
+
+
+class _Job(SetJob):
+    """Output sets made by a local process pool."""
+
+    def __init__(self, storage: Storage, name: str, version: str, spec: Spec, pool: Executor, slots: int,
+                 upserts: int, progress: ProgressSink, report: TransformReport) -> None:
+        self.storage = storage
+        self.name = name
+        self.version = version
+        self.spec = spec
+        self.spec_json = spec.canonical_json()
+        self.pool = pool
+        self.images = ThrottleWork(slots)
+        self.upserts = ThrottleWork(upserts)
+        self.progress = progress
+        self.report = report
+
+    async def process(self, source: ImageSet, identity: SetIdentity, todo: list[str],
+                      out: TransformSetOutcome) -> None:
+        async def one(file_name: str) -> tuple[str, str, int]:
+            return await self.one_image(source, identity, file_name)
+
+        async for o in self.images.map(one, todo):
+            if o.error is not None:
+                reason = str(o.error) if isinstance(o.error, CorpusError | transforms.ImageError) else (
+                    f"{o.error.__class__.__name__}: {o.error}")
+                self.report.failures.append(Failure(source.blob_prefix + o.item, reason))
+                out.failed += 1
+                self.progress.advance(files=1)
+                continue
+            assert o.result is not None
+            out.transformed += 1
+            out.bytes += o.result[2]
 
     async def one_image(self, source: ImageSet, identity: SetIdentity, file_name: str) -> tuple[str, str, int]:
         storage = self.storage

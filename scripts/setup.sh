@@ -5,8 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+PY=${PYTHON:-python3}
 apt_pkgs=(imagemagick libmagickwand-dev ${EXTRA_APT:-})
 command -v node >/dev/null 2>&1 || apt_pkgs+=(nodejs npm)
+# Debian's own python3 makes venvs only with python3-venv (ensurepip) installed
+"$PY" -c "import ensurepip" >/dev/null 2>&1 || apt_pkgs+=(python3-venv)
 missing=()
 for p in "${apt_pkgs[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -25,7 +28,6 @@ if [ ! -x node_modules/.bin/azurite ] || [ package.json -nt node_modules/.stamp 
     touch node_modules/.stamp
 fi
 
-PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv" >&2
     "$PY" -m venv .venv

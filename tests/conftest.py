@@ -9,6 +9,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,3 +163,12 @@ def unique_png(path: Path, n: int, size: str = "16x16") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(base[:iend] + chunk + base[iend:])
     return path
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[Executor]:
+    """One ImageMagick worker pool per test module: spawning the workers costs about a second."""
+    import transforms  # here, not at collection: some tests check what importing transforms loads
+
+    with transforms.create_pool(2) as p:
+        yield p

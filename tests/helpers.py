@@ -10,10 +10,21 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from corpus_manager import Corpus
 from corpus_manager.config import parse_connection_string
 from corpus_manager.storage import Storage
 
 T = TypeVar("T")
+
+
+def run(conn: str, corpus: str, fn: Callable[[Corpus], Awaitable[T]]) -> T:
+    """``fn(corpus)`` inside ``async with Corpus(...)``, from synchronous test code."""
+
+    async def go() -> T:
+        async with Corpus(corpus, connection_string=conn) as c:
+            return await fn(c)
+
+    return asyncio.run(go())
 
 
 def with_storage(conn: str, corpus: str, fn: Callable[[Storage], Awaitable[T]]) -> T:

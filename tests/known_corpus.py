@@ -7,10 +7,8 @@ blobs, then the complete row, then tag rows), a registered transform.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -22,6 +20,7 @@ from corpus_manager.tagindex import index_set
 from corpus_manager.throttle import ThrottleWork
 
 from .conftest import image_bytes, write_image
+from .helpers import run
 
 T = TypeVar("T")
 
@@ -35,18 +34,6 @@ V1_FILES = {
 }
 V2_FILES = {"red/angry/robin/a.png": "purple"}
 CHARCOAL_FILES = {"a.png": "gray", "b.png": "silver"}
-
-
-def run(conn: str, name: str, fn: Callable[[Corpus], Awaitable[T]]) -> T:
-    async def go() -> T:
-        async with Corpus(name, connection_string=conn) as c:
-            return await fn(c)
-
-    return asyncio.run(go())
-
-
-def with_storage(conn: str, name: str, fn: Callable[[Storage], Awaitable[T]]) -> T:
-    return run(conn, name, lambda c: fn(c.storage))
 
 
 async def add_set(storage: Storage, identity: SetIdentity, tags: list[str], files: dict[str, bytes], *,

@@ -13,7 +13,6 @@ for query and status (test_query.py, test_status.py), corrupt and bomb images in
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
@@ -27,21 +26,16 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from corpus_manager import Corpus
 from corpus_manager.cli import cli
 from corpus_manager.crawler import Crawler
 from corpus_manager.storage import Storage
 
 from .conftest import KEY, write_image
-from .helpers import blobs, container_exists, md5_of, png_bomb, rows, with_storage
+from .helpers import blobs, container_exists, md5_of, png_bomb, rows, run, with_storage
 
 
 def upload(conn: str, corpus: str, root: Path, version: str = "v1"):  # type: ignore[no-untyped-def]
-    async def go():  # type: ignore[no-untyped-def]
-        async with Corpus(corpus, connection_string=conn) as c:
-            return await c.upload(str(root), version)
-
-    return asyncio.run(go())
+    return run(conn, corpus, lambda c: c.upload(str(root), version))
 
 
 # ----- the root ------------------------------------------------------------------------------

@@ -3,7 +3,6 @@ test Azurite and real ImageMagick, compared with the local process pool; worker 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import os
@@ -26,13 +25,11 @@ except ImportError:  # a failure, not a skip: `make test` installs the extra
     pytest.fail("the distributed extra is missing: run `make test` (pip install -e '.[test,distributed]')",
                 pytrace=False)
 
-import transforms
-from corpus_manager import Corpus
 from corpus_manager import distributed as cluster_jobs
 from corpus_manager.cli import cli
 
 from .conftest import KEY, Azurite, image_bytes, unique_png, write_image
-from .helpers import blobs, png_bomb, rows
+from .helpers import blobs, png_bomb, rows, run
 
 KILL_MARK = "kill-me"
 WORKERS = 2
@@ -61,18 +58,7 @@ def dask_client(cluster: distributed.LocalCluster) -> Iterator[distributed.Clien
         yield c
 
 
-@pytest.fixture(scope="module")
-def pool() -> Iterator[Executor]:
-    with transforms.create_pool(2) as p:
-        yield p
 
-
-def run(conn: str, corpus: str, coro_fn):  # type: ignore[no-untyped-def]
-    async def go():  # type: ignore[no-untyped-def]
-        async with Corpus(corpus, connection_string=conn) as c:
-            return await coro_fn(c)
-
-    return asyncio.run(go())
 
 
 def upload(conn: str, corpus: str, root: Path) -> None:

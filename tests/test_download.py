@@ -18,8 +18,8 @@ from corpus_manager.download import UnsafeBlobName, local_target
 from corpus_manager.storage import Storage
 
 from .conftest import Azurite, image_bytes, write_image
-from .helpers import blobs
-from .known_corpus import KnownCorpus, build_known_corpus, run, with_storage
+from .helpers import blobs, run, with_storage
+from .known_corpus import KnownCorpus, build_known_corpus
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,8 @@ from corpus_manager.tagindex import TagIndexWriter
 from corpus_manager.throttle import ThrottleWork
 
 from .conftest import Azurite, write_image
-from .known_corpus import KnownCorpus, build_known_corpus, run, set_bytes, with_storage
+from .helpers import run, with_storage
+from .known_corpus import KnownCorpus, build_known_corpus, set_bytes
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ from corpus_manager.progress import human_bytes
 from corpus_manager.storage import Storage
 
 from .conftest import Azurite, image_bytes, write_image
-from .helpers import rows
-from .known_corpus import KnownCorpus, add_set, build_known_corpus, run, with_storage
+from .helpers import rows, run, with_storage
+from .known_corpus import KnownCorpus, add_set, build_known_corpus
 
 
 @pytest.fixture(scope="module")

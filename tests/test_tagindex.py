@@ -18,8 +18,7 @@ from corpus_manager.tagindex import TagIndexWriter
 from corpus_manager.throttle import ThrottleWork
 
 from .conftest import write_image
-from .helpers import rows
-from .known_corpus import run, with_storage
+from .helpers import rows, run, with_storage
 
 
 def count_tag_writes(storage: Storage, fail_partition: str | None = None) -> dict[str, list[int]]:

@@ -7,7 +7,6 @@ import hashlib
 import io
 import json
 import subprocess
-from collections.abc import Iterator
 from concurrent.futures import Executor
 from pathlib import Path
 
@@ -22,22 +21,7 @@ from corpus_manager.models import ImageSet, SetIdentity, content_digest
 from corpus_manager.results import NullProgress
 
 from .conftest import image_bytes, write_image
-from .helpers import blobs, png_bomb, rows
-
-
-@pytest.fixture(scope="module")
-def pool() -> Iterator[Executor]:
-    """One worker pool for the module: spawning ImageMagick workers costs about a second."""
-    with transforms.create_pool(2) as p:
-        yield p
-
-
-def run(conn: str, corpus: str, coro_fn):  # type: ignore[no-untyped-def]
-    async def go():  # type: ignore[no-untyped-def]
-        async with Corpus(corpus, connection_string=conn) as c:
-            return await coro_fn(c)
-
-    return asyncio.run(go())
+from .helpers import blobs, png_bomb, rows, run
 
 
 def upload(conn: str, corpus: str, root: Path, version: str = "v1"):  # type: ignore[no-untyped-def]

@@ -5,7 +5,6 @@ exits 130, says what was done and what was not, leaves no worker process behind,
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import signal
@@ -15,21 +14,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from corpus_manager import Corpus
-
 from ..conftest import KEY, unique_png
-from ..helpers import blobs, rows
+from ..helpers import blobs, rows, run
 
 CLI = [sys.executable, "-m", "corpus_manager.cli"]
 
 
 def _upload(conn: str, corpus: str, root: Path) -> None:
-    async def go() -> None:
-        async with Corpus(corpus, connection_string=conn) as c:
-            report = await c.upload(str(root), "v1")
-            assert report.ok, report.failures
-
-    asyncio.run(go())
+    report = run(conn, corpus, lambda c: c.upload(str(root), "v1"))
+    assert report.ok, report.failures
 
 
 def _children(pid: int) -> set[int]:
