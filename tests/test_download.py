@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import hashlib
 import json
@@ -120,12 +121,18 @@ def test_downloads_stay_within_the_parallel_bound(known: KnownCorpus, tmp_path: 
         storage: Storage = c.storage
         inner = storage.download_to
         state = {"now": 0, "peak": 0}
+        two_at_once = asyncio.Event()
 
         async def counted(name: str, write: Any) -> Any:
             state["now"] += 1
             state["peak"] = max(state["peak"], state["now"])
+            if state["now"] >= 2:
+                two_at_once.set()
             try:
-                await asyncio.sleep(0.02)  # hold the slot so overlaps show
+                # The first downloads hold their slot until a second one is in flight, so the overlap
+                # shows however slow the machine; were the bound 1, they go on after 60 s and peak is 1.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(two_at_once.wait(), 60)
                 return await inner(name, write)
             finally:
                 state["now"] -= 1

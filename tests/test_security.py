@@ -246,8 +246,8 @@ HOSTILE = {
 }
 
 
-def test_transform_never_lets_a_blob_name_or_content_steer_imagemagick(conn: str, corpus_name: str,
-                                                                        tmp_path: Path) -> None:
+def test_transform_never_lets_a_blob_name_or_content_steer_imagemagick(conn: str, corpus_name: str, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """Blobs whose names and bytes try `msl:`, `text:`, `@file` and `ephemeral:` go through `corpus
     transform`: each fails as not an image, nothing is read from or written to disk, and a real image
     under such a name is transformed as the image it is."""
@@ -269,12 +269,9 @@ def test_transform_never_lets_a_blob_name_or_content_steer_imagemagick(conn: str
     asyncio.run(put_set())
     work = tmp_path / "cwd"
     work.mkdir()
-    os.chdir(work)  # where a relative "PWNED" would land
-    try:
-        res = CliRunner().invoke(cli, ["transform", "safe", "--version", "1", "--op", "resize=8x8", "--op",
-                                       "format=png", "--workers", "1"])
-    finally:
-        os.chdir(tmp_path)
+    monkeypatch.chdir(work)  # where a relative "PWNED" would land; restored after this test, whatever happens
+    res = CliRunner().invoke(cli, ["transform", "safe", "--version", "1", "--op", "resize=8x8", "--op",
+                                   "format=png", "--workers", "1"])
     assert res.exit_code == 1, res.output
     failed = {}
     for line in res.stderr.splitlines():

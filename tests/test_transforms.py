@@ -7,6 +7,7 @@ because ImageMagick's own limits refuse to create one.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import pickle
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -694,7 +696,9 @@ def test_output_bytes_do_not_depend_on_the_time(kind):
     data = noise(40, 30)
     ops = ["resize=20x20", "charcoal=1", f"format={kind}"]
     first = run(ops, data).data
-    time.sleep(1.1)  # PNG's tIME / date chunks have one-second resolution
+    second = int(time.time())
+    while int(time.time()) == second:  # PNG's tIME / date chunks have one-second resolution: the next second
+        time.sleep(0.01)
     assert run(ops, data).data == first
     if kind == "png":
         assert b"tIME" not in first and b"date:" not in first
@@ -776,12 +780,11 @@ def test_decompression_bomb_fails_fast_with_a_clear_message():
     bomb = png_bomb(20000, 20000)
     assert len(bomb) < 100_000  # a few KB that would decode to 400 megapixels
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.monotonic()
     with pytest.raises(ImageError, match=r"image is 20000x20000, which exceeds the limits"):
         run(["flip"], bomb)
-    assert time.monotonic() - start < 2
+    # "fast" means refused from the header, before any pixel: no gigabytes allocated
     grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
-    assert grown_kib < 200 * 1024  # no gigabytes allocated
+    assert grown_kib < 200 * 1024
 
 
 def test_area_bomb_under_the_width_limit_is_refused():
@@ -793,22 +796,39 @@ def test_bomb_is_still_refused_by_imagemagick_when_our_header_check_is_bypassed(
     from transforms import decode
 
     monkeypatch.setattr(decode, "header_size", lambda data, kind: None)
-    start = time.monotonic()
+    bomb = png_bomb(20000, 20000)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with pytest.raises(ImageError, match="limits"):
-        run(["flip"], png_bomb(20000, 20000))
-    assert time.monotonic() - start < 2
+        run(["flip"], bomb)
+    # refused by ImageMagick's policy before the pixels are decoded: no gigabytes allocated
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200 * 1024
 
 
-def test_time_limit_aborts_one_image_and_the_process_goes_on():
-    data = noise(1200, 1200)
-    transforms.apply_policy(Limits(seconds=0.3))
-    try:
-        start = time.monotonic()
-        with pytest.raises(ImageError, match=r"longer than the time limit \(0.3 s\)"):
-            run(["charcoal=10"], data)
-        assert time.monotonic() - start < 5
-    finally:
-        transforms.apply_policy(DEFAULT_LIMITS)
+def test_time_limit_aborts_one_image_and_the_process_goes_on(monkeypatch):
+    from transforms import decode
+
+    data = noise(400, 400)
+    charcoal = registry_module.get_operation("charcoal")
+    started = []
+
+    def charcoal_started(image, radius, ctx):
+        started.append(radius)
+        charcoal.function(image, radius, ctx)
+
+    # The limit's clock reads an hour later from the moment charcoal starts, so the limit passes while
+    # ImageMagick runs the operation on any machine, loaded or not (a real 0.3 s would assume charcoal is
+    # slower than that). What is tested is real: the progress monitor aborts ImageMagick's operation.
+    real_clock = decode.time.monotonic
+    with monkeypatch.context() as m:
+        m.setitem(registry_module._REGISTRY, "charcoal", dataclasses.replace(charcoal, function=charcoal_started))
+        m.setattr(decode, "time", types.SimpleNamespace(monotonic=lambda: real_clock() + (3600 if started else 0)))
+        transforms.apply_policy(Limits(seconds=0.3))
+        try:
+            with pytest.raises(ImageError, match=r"longer than the time limit \(0.3 s\)"):
+                run(["charcoal=10"], data)
+        finally:
+            transforms.apply_policy(DEFAULT_LIMITS)
+    assert started == [10]
     assert size_of(run(["resize=10x10"], data).data) == (10, 10)
 
 

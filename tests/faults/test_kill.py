@@ -110,6 +110,17 @@ def _kill_during(cmd: list[str], env: dict[str, str], proxy: FaultyStorage, az: 
     return log
 
 
+def _wait_saved(location: Path, since_ns: int) -> None:
+    """Wait until Azurite has saved all it acknowledged before ``since_ns`` (wall clock): its LokiJS
+    databases (blob, blob extent, table metadata) are saved on a 5 s timer, each by a rename, so each
+    file written after that moment holds every earlier write."""
+    files = [location / f"__azurite_db_{db}__.json" for db in ("blob", "blob_extent", "table")]
+    deadline = time.monotonic() + 60
+    while unsaved := [f.name for f in files if not f.exists() or f.stat().st_mtime_ns <= since_ns]:
+        assert time.monotonic() < deadline, f"Azurite had not saved {unsaved} 60 s after the upload"
+        time.sleep(0.1)
+
+
 def _verify_and_finish(cmd: list[str], env: dict[str, str], direct: dict[str, str]) -> str:
     """`corpus status --verify --repair` (straight to Azurite), then the command again; returns what verify
     said. (--repair indexes complete sets whose run was killed between their tag rows and their flag.)"""
@@ -157,7 +168,7 @@ def test_sigkill_azurite_during_transform(own_azurite: Azurite, counting_proxy: 
     up = subprocess.run(_cli("upload", str(root), "--version", "v1"), env=direct, capture_output=True, text=True,
                         timeout=120)
     assert up.returncode == 0, up.stderr
-    time.sleep(5.5)  # let Azurite save the upload (LokiJS autosave, 5 s): the kills are for the transform
+    _wait_saved(own_azurite.location, time.time_ns())  # the kills are for the transform, not the upload
     env = _env(counting_proxy.connection_string, corpus)
     cmd = _cli("transform", "small", "--version", "1", "--op", "resize=8x8", "--workers", "1")
     targets = sorted(rng.sample(range(10, 330), KILLS))

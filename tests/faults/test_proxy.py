@@ -7,9 +7,11 @@ Azurite with the SDK (``invariants.py``), not through the proxy.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -22,17 +24,19 @@ from click.testing import CliRunner
 
 from corpus_manager import storage as storage_module
 from corpus_manager.cli import cli
+from corpus_manager.config import parse_connection_string
+from corpus_manager.errors import StorageUnavailable
+from corpus_manager.storage import Storage
 
 from ..conftest import ACCOUNT, KEY, Azurite, free_port, unique_png
 from .invariants import local_images, read_corpus, summary, violations
 from .proxy import FaultPlan, FaultyStorage, faulty_storage
 
 SEED = int(os.environ.get("FAULT_SEED", "61126"))
-# The README's bounds, start-up of the CLI included: storage that refuses connections fails the run at
-# once (the reachability check does not retry a refused connection); storage that cannot be reached
-# otherwise, or that stops answering mid-run, ends the run within DEAD_BOUND.
-REFUSED_BOUND = 5.0
-DEAD_BOUND = 15.0
+# The README's bounds in seconds (a refused connection fails the run at once; storage that dies ends it
+# within about 10 s) are speed claims, measured by `python -m bench.responsiveness`. These tests check
+# what makes them hold, by counting rather than timing: a refused connection is not retried, and once
+# storage is down the remaining items fail without retries of their own.
 
 
 def _tree(root: Path, sets: int, per_set: int) -> Path:
@@ -61,8 +65,10 @@ def test_flaky_storage_upload_transform_download_complete_with_correct_data_and_
         proxy: FaultyStorage, azurite: Azurite, corpus_name: str, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     # A stalled request must be abandoned and retried, not waited on: the tool's read timeout is
-    # shortened here (it is READ_TIMEOUT s in real runs) and the proxy stalls for longer than that.
-    monkeypatch.setattr(storage_module, "READ_TIMEOUT", 1.0)
+    # shortened here (it is READ_TIMEOUT s in real runs) and the proxy stalls for longer than that. Not
+    # shorter than 3 s: on a loaded machine a real answer can take a second, and its retry would be
+    # counted beside the injected faults.
+    monkeypatch.setattr(storage_module, "READ_TIMEOUT", 3.0)
     proxy.plan.stall_seconds = 30.0  # were the stall waited on, the run would take minutes, not seconds
     root = _tree(tmp_path / "photos", sets=6, per_set=8)
     proxy.set_rate(0.12)
@@ -129,19 +135,30 @@ def test_storage_down_for_the_whole_run_fails_cleanly_within_the_bound(
             conn = conn.replace(str(p.blob.port), str(free_port())).replace(str(p.table.port), str(free_port()))
         elif how == "proxy refusing":
             p.refuse()
-        started = time.monotonic()
+        # the timeout only guards against a hang: the run must end, and it ends with one line
         run = subprocess.run(_cli("upload", str(root), "--version", "v1"), env=_env(conn, corpus_name),
-                             capture_output=True, text=True, timeout=120)
-        elapsed = time.monotonic() - started
+                             capture_output=True, text=True, timeout=180)
+        if how != "proxy resetting":
+            # "at once": the reachability check does not retry a refused connection (counted, not timed)
+            assert _probe_retries(conn) == 0
     assert run.returncode == 2, run.stderr
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: cannot reach storage at http://127.0.0.1:"), run.stderr
     assert KEY not in run.stdout + run.stderr and "Traceback" not in run.stderr
-    bound = DEAD_BOUND if how == "proxy resetting" else REFUSED_BOUND
-    print(f"{how}: exit {run.returncode} after {elapsed:.1f} s")
-    assert elapsed < bound, f"{how}: failed after {elapsed:.1f} s"
     state = read_corpus(azurite.connection_string, corpus_name)
     assert state["sets"] == [] and state["blobs"] == {}, summary(state)  # nothing written, nothing complete
+
+
+def _probe_retries(conn: str) -> int:
+    """The retries of a reachability check (``Storage.ensure``) that fails, in this process."""
+
+    async def probe() -> int:
+        async with Storage(parse_connection_string(conn), "probe") as storage:
+            with pytest.raises(StorageUnavailable, match="cannot reach storage"):
+                await storage.ensure()
+            return storage.stats.retries
+
+    return asyncio.run(probe())
 
 
 def _wait_requests(proxy: FaultyStorage, n: int, proc: subprocess.Popen[str]) -> None:
@@ -178,16 +195,24 @@ def test_storage_dying_mid_run_ends_the_run_within_the_bound_and_rerun_finishes(
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_requests(proxy, 60, proc)
     proxy.refuse()
-    died = time.monotonic()
-    out, err = proc.communicate(timeout=120)
-    elapsed = time.monotonic() - died
+    try:
+        out, err = proc.communicate(timeout=180)  # only a guard against a hang: the run must end
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail("the run had not ended 180 s after storage died")
     assert proc.returncode == 1, err
-    print(f"storage died mid-run: exit {proc.returncode} {elapsed:.1f} s later")
-    assert elapsed < DEAD_BOUND, f"the run went on for {elapsed:.1f} s after storage died"
     assert "Traceback" not in err and KEY not in out + err
     # every unfinished item is named with the reason; the summary says what was done
     assert "cannot reach storage at http://127.0.0.1:" in err
     assert "failed" in out.splitlines()[1]
+    # The run ends soon because, once one request has run out of retries, the rest fail at once: only
+    # the requests in flight when storage died were retried, not each unfinished file (5 retries each).
+    failed = int(re.search(r"^  files .* (\d+) failed", out, re.M).group(1))  # type: ignore[union-attr]
+    retried = re.search(r"retried (\d+) requests", out)
+    retries = int(retried.group(1)) if retried else 0
+    print(f"storage died mid-run: {failed} files failed, {retries} requests retried")
+    assert retries < failed, out
     state = read_corpus(azurite.connection_string, corpus_name)
     assert violations(state, {}, transform_prefix="original/") == [], summary(state)  # nothing complete lies
     assert any(r["Status"] == "pending" for r in state["sets"]) or len(state["sets"]) < 10
