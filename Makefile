@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv/bin
 
-.PHONY: setup demo test lint bench bench-query bench-transform bench-distributed azurite-start azurite-stop clean
+.PHONY: setup demo test test-stress lint bench bench-query bench-transform bench-distributed bench-responsiveness azurite-start azurite-stop clean
 
 setup:
 	@scripts/setup.sh
@@ -13,6 +13,10 @@ demo: setup
 test: setup
 	$(VENV)/ruff check corpus_manager transforms tests bench
 	$(VENV)/pytest -q
+
+# The suite 5 times in a row beside a CPU hog on every core (RUNS=N to change; stops at the first failure).
+test-stress: setup
+	@scripts/stress.sh
 
 lint: setup
 	$(VENV)/ruff check corpus_manager transforms tests bench
@@ -31,6 +35,9 @@ bench-transform: setup
 
 bench-distributed: setup
 	$(VENV)/python -m bench.distributed
+
+bench-responsiveness: setup
+	$(VENV)/python -m bench.responsiveness
 
 azurite-start: setup
 	@scripts/azurite.sh start
