@@ -39,13 +39,15 @@ def connection_options(fn: F) -> F:
     """--connection-string, --account-url, --corpus: where the corpus lives."""
     fn = click.option("--corpus", "corpus", envvar="CORPUS_NAME", default="images", show_default=True,
                       help="Corpus name: one container and three tables. [env CORPUS_NAME]")(fn)
-    fn = click.option("--account-url", envvar="CORPUS_ACCOUNT_URL", default=None,
-                      help="Blob endpoint of an account reached with azure-identity "
-                           "(DefaultAzureCredential). [env CORPUS_ACCOUNT_URL]")(fn)
-    fn = click.option("--connection-string", envvar="AZURE_STORAGE_CONNECTION_STRING", default=None,
-                      show_envvar=False,
-                      help="Storage connection string (default: the local Azurite). "
-                           "[env AZURE_STORAGE_CONNECTION_STRING]")(fn)
+    # No click envvar for these two: the library reads the environment itself, so an option given on
+    # the command line beats either variable (SPEC: --account-url wins over the connection string in
+    # the environment, and the reverse), which click's merged value could not tell apart.
+    fn = click.option("--account-url", default=None,
+                      help="Blob endpoint of an account reached with azure-identity (DefaultAzureCredential), "
+                           "or a SAS URL (an account SAS for blob and table). [env CORPUS_ACCOUNT_URL]")(fn)
+    fn = click.option("--connection-string", default=None,
+                      help="Storage connection string (default: the local Azurite). An option given here "
+                           "beats the environment. [env AZURE_STORAGE_CONNECTION_STRING]")(fn)
     return fn
 
 

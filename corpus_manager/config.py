@@ -5,13 +5,18 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from .errors import ConfigError
 
 DEFAULT_CONNECTION_STRING = "UseDevelopmentStorage=true"
 DEFAULT_CORPUS = "images"
+CONNECTION_STRING_ENV = "AZURE_STORAGE_CONNECTION_STRING"
+ACCOUNT_URL_ENV = "CORPUS_ACCOUNT_URL"
+CORPUS_ENV = "CORPUS_NAME"
 CORPUS_NAME_RE = re.compile(r"^[a-z][a-z0-9]{2,39}$")
+
+_LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})  # an emulator's host: path-style URLs
 
 # Azurite's published well-known development account (not a secret, but still never printed).
 AZURITE_ACCOUNT = "devstoreaccount1"
@@ -45,7 +50,7 @@ class ConnectionInfo:
     @property
     def is_local_emulator(self) -> bool:
         host = urlsplit(self.blob_endpoint).hostname or ""
-        return host in {"127.0.0.1", "localhost", "::1"} or self.account_name == AZURITE_ACCOUNT
+        return host in _LOCAL_HOSTS or self.account_name == AZURITE_ACCOUNT
 
 
 def parse_connection_string(conn_str: str) -> ConnectionInfo:
@@ -76,6 +81,8 @@ def parse_connection_string(conn_str: str) -> ConnectionInfo:
     if not blob or not table:
         raise ConfigError("the connection string names no account: it needs AccountName (or BlobEndpoint "
                           "and TableEndpoint)")
+    blob = check_endpoint(blob, "the connection string's BlobEndpoint")
+    table = check_endpoint(table, "the connection string's TableEndpoint")
     if not key and not sas:
         raise ConfigError("the connection string has neither AccountKey nor SharedAccessSignature")
     if key:
@@ -92,30 +99,84 @@ def parse_connection_string(conn_str: str) -> ConnectionInfo:
 
 
 def table_endpoint_for(account_url: str) -> str:
-    """Derive the Table endpoint from a Blob endpoint (Azure's `.blob.` host or Azurite's port 10000)."""
+    """Derive the Table endpoint from a Blob endpoint: Azure's `.blob.` host, or a local emulator's
+    port + 2 (Azurite's layout: blob 10000, table 10002; moved ports keep that offset)."""
     parts = urlsplit(account_url.rstrip("/"))
     host = parts.netloc
     if ".blob." in host:
         host = host.replace(".blob.", ".table.", 1)
-    elif parts.port == 10000:
-        host = host.rsplit(":", 1)[0] + ":10002"
+    elif parts.port is not None and (parts.hostname or "") in _LOCAL_HOSTS:
+        host = host.rsplit(":", 1)[0] + f":{parts.port + 2}"
     else:
         raise ConfigError(f"cannot derive the Table endpoint from {redact(account_url)}: expected a "
                           "https://ACCOUNT.blob.core.windows.net URL")
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
+def check_endpoint(url: str, what: str) -> str:
+    """An http(s) URL with a host and a valid port, else ConfigError: a bad endpoint is a usage error
+    found before any request (nothing is written), not an internal error in the middle of a run."""
+    parts = urlsplit(url.strip())
+    try:
+        port = parts.port  # raises ValueError for a port out of range or not a number
+    except ValueError:
+        raise ConfigError(f"{what} {redact(url)!r} has an invalid port: use 1-65535") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{what} must be an http(s) URL with a host, got {redact(url)!r}")
+    if port == 0:
+        raise ConfigError(f"{what} {redact(url)!r} has an invalid port: use 1-65535")
+    return url.strip()
+
+
+def _from_account_url(account_url: str) -> ConnectionInfo:
+    """``--account-url``: the blob endpoint, reached with azure-identity; or, when it carries a SAS
+    token (``?sv=...&sig=...``), with that token. A SAS in the URL is used, never dropped: a user who
+    pastes a SAS URL (as AzCopy takes them) means it. It must be an account SAS for the Blob and Table
+    services (``ss`` holding ``b`` and ``t``): a corpus is a container and tables."""
+    url = account_url.strip()
+    if not url:
+        raise ConfigError("--account-url is empty: give the blob endpoint, e.g. https://ACCOUNT.blob.core.windows.net")
+    if not re.match(r"^https?://", url, re.IGNORECASE):
+        raise ConfigError(f"--account-url must be an http(s) URL, got {redact(url)!r}")
+    parts = urlsplit(url)
+    blob = check_endpoint(urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", "")), "--account-url")
+    account = (parts.hostname or "").split(".")[0]
+    if (parts.hostname or "") in _LOCAL_HOSTS and parts.path.strip("/"):
+        account = parts.path.strip("/").split("/")[0]  # an emulator's path-style URL: http://HOST:PORT/ACCOUNT
+    table = check_endpoint(table_endpoint_for(blob), "the Table endpoint derived from --account-url")
+    if not parts.query:
+        return ConnectionInfo(blob, table, account, use_identity=True)
+    query = parse_qs(parts.query)
+    if "sig" not in query:
+        raise ConfigError("--account-url has a query string but no SAS signature (sig=): give the bare blob "
+                          "endpoint (signed in with azure-identity) or a SAS URL")
+    services = "".join(query.get("ss", []))
+    if "b" not in services or "t" not in services:
+        raise ConfigError("the SAS token in --account-url must be an account SAS for the Blob and Table services "
+                          "(ss=bt): a corpus is a container and tables")
+    return ConnectionInfo(blob, table, account, sas_token=parts.query)
+
+
 def connection_from_settings(connection_string: str | None = None, account_url: str | None = None) -> ConnectionInfo:
-    """Options win over the environment; the default is the local Azurite."""
-    account_url = account_url or os.environ.get("CORPUS_ACCOUNT_URL") or None
-    if account_url and not connection_string:
-        if not re.match(r"^https?://", account_url):
-            raise ConfigError(f"--account-url must be an http(s) URL, got {redact(account_url)!r}")
-        blob = account_url.split("?", 1)[0].rstrip("/")
-        account = (urlsplit(blob).hostname or "").split(".")[0]
-        return ConnectionInfo(blob, table_endpoint_for(blob), account, use_identity=True)
-    conn = connection_string or os.environ.get("AZURE_STORAGE_CONNECTION_STRING") or DEFAULT_CONNECTION_STRING
-    return parse_connection_string(conn)
+    """Where the corpus lives. An argument given (a command-line option) beats the environment, both
+    ways: ``account_url`` wins over AZURE_STORAGE_CONNECTION_STRING and ``connection_string`` over
+    CORPUS_ACCOUNT_URL. Both given is a usage error; a given but empty value is refused, never a silent
+    fall-back. From the environment (an empty variable counts as unset) the connection string wins
+    over the account URL. The default is the local Azurite."""
+    if connection_string is not None and account_url is not None:
+        raise ConfigError("--connection-string and --account-url exclude each other: give one of them")
+    if connection_string is not None:
+        if not connection_string.strip():
+            raise ConfigError("--connection-string is empty: give a connection string, or leave the option out "
+                              f"to use {CONNECTION_STRING_ENV} (default: the local Azurite)")
+        return parse_connection_string(connection_string)
+    if account_url is not None:
+        return _from_account_url(account_url)
+    if os.environ.get(CONNECTION_STRING_ENV):
+        return parse_connection_string(os.environ[CONNECTION_STRING_ENV])
+    if os.environ.get(ACCOUNT_URL_ENV):
+        return _from_account_url(os.environ[ACCOUNT_URL_ENV])
+    return parse_connection_string(DEFAULT_CONNECTION_STRING)
 
 
 def check_corpus_name(name: str) -> str:
@@ -126,7 +187,14 @@ def check_corpus_name(name: str) -> str:
 
 
 def corpus_from_settings(corpus: str | None = None) -> str:
-    return check_corpus_name(corpus or os.environ.get("CORPUS_NAME") or DEFAULT_CORPUS)
+    """The corpus given, else CORPUS_NAME (an empty variable counts as unset), else ``images``. A given
+    but empty name is refused: it must never fall back to writing into the default corpus."""
+    if corpus is None:
+        return check_corpus_name(os.environ.get(CORPUS_ENV) or DEFAULT_CORPUS)
+    if not corpus.strip():
+        raise ConfigError("--corpus is empty: give a corpus name (3-40 lower-case letters and digits), or leave "
+                          f"the option out to use {CORPUS_ENV} (default: {DEFAULT_CORPUS})")
+    return check_corpus_name(corpus)
 
 
 # Anything that looks like a secret: account keys, SAS signatures, whole connection-string pairs.

@@ -30,6 +30,16 @@ class Corpus:
         self.connection = connection_from_settings(connection_string, account_url)
         self.storage = Storage(self.connection, self.name, pool_size=pool_size)
 
+    @property
+    def pool_size(self) -> int:
+        """HTTP connections the corpus may hold open at once. May be changed at any time: a change after
+        the corpus is opened applies to the requests that start after it."""
+        return self.storage.pool_size
+
+    @pool_size.setter
+    def pool_size(self, value: int) -> None:
+        self.storage.pool_size = value
+
     async def __aenter__(self) -> Corpus:
         await self.storage.open()
         return self

@@ -128,7 +128,7 @@ def worker_connection() -> ConnectionInfo:
             "for a managed identity) in the environment of every `dask worker`; credentials are never sent "
             "through the scheduler")
     try:
-        return connection_from_settings(conn, url)
+        return connection_from_settings()  # the environment's rule: the connection string wins over the URL
     except ConfigError as exc:
         raise WorkerConfigError(f"Dask worker {_worker_name()}: {exc}") from None
 

@@ -38,7 +38,9 @@ from azure.core.exceptions import (
     ResourceModifiedError,
     ResourceNotFoundError,
     ServiceRequestError,
+    ServiceRequestTimeoutError,
     ServiceResponseError,
+    ServiceResponseTimeoutError,
 )
 from azure.core.pipeline.policies import AsyncRetryPolicy
 from azure.core.pipeline.transport import AioHttpTransport
@@ -49,6 +51,7 @@ from yarl import URL
 from .config import ConnectionInfo, redact
 from .errors import (
     AuthenticationFailed,
+    ConfigError,
     Conflict,
     CorpusError,
     NotFound,
@@ -73,7 +76,12 @@ RETRY_WINDOW = RETRY_TOTAL * (RETRY_BACKOFF + 0.5) + 5
 CONNECT_TIMEOUT = 5
 # No byte of an answer for this long: the request is abandoned and retried (a stalled connection
 # is never waited on forever). Read at Storage.open(), so tests can shorten it.
-READ_TIMEOUT = 30
+READ_TIMEOUT = 10
+# A request that got no answer (a timeout) is retried only while its endpoint (blob or table) has
+# answered something, to this run, within the last STALL_LIMIT seconds: one stalled connection is
+# retried, an endpoint that went silent fails the run about STALL_LIMIT s after its last answer
+# instead of after every request's whole retry budget of timeouts (minutes). Read at each retry.
+STALL_LIMIT = 30.0
 PROBE_TIMEOUT = 5.0
 TAG_BATCH = 100  # entity group transactions: at most 100 rows of one partition
 API_VERSION = "2023-11-03"  # the Put Blob the thin path speaks; any version the service knows would do
@@ -162,13 +170,18 @@ class Storage:
     def __init__(self, info: ConnectionInfo, corpus: str, *, pool_size: int = 64) -> None:
         self.info = info
         self.corpus = corpus
-        self.pool_size = pool_size
+        self._pool_size = _check_pool_size(pool_size)
         self.stats = StorageStats()
         self.down: str | None = None  # why storage counts as down for the rest of this run, once it does
         self._probing = False  # ensure() is checking that storage answers at all
+        self._probe_endpoint = info.blob_endpoint  # the endpoint ensure() is waiting on, for its message
+        # when each endpoint (by origin) last sent this run any byte of an answer: see STALL_LIMIT
+        self._answered: dict[str, float] = {}
         self._session: aiohttp.ClientSession | None = None
+        self._retired: list[Any] = []  # sessions and clients replaced by a pool resize, closed at close()
         self._credential: Any = None
         self._blob_credential: Any = None
+        self._table_credential: Any = None
         self._common: dict[str, Any] = {}
         self._blob_service: BlobServiceClient | None = None
         self._container: ContainerClient | None = None
@@ -197,22 +210,62 @@ class Storage:
         return AioHttpTransport(session=self._session, session_owner=False, connection_timeout=CONNECT_TIMEOUT,
                                 read_timeout=READ_TIMEOUT)
 
+    @property
+    def pool_size(self) -> int:
+        """Connections the shared session may hold open at once (plus a few for table requests)."""
+        return self._pool_size
+
+    @pool_size.setter
+    def pool_size(self, value: int) -> None:
+        # A change after open() takes effect for the requests that start after it: the session and its
+        # clients are made again with the new pool (aiohttp cannot resize a pool); requests in flight
+        # finish on the old ones, which close() closes.
+        value = _check_pool_size(value)
+        if value == self._pool_size:
+            return
+        self._pool_size = value
+        if self._session is not None:
+            self._retired += [self._blob_service, self._table_service, self._session]
+            self._connect()
+
     def _count_retry(self) -> None:
         self.stats.retries += 1
 
-    def _retry_allowed(self, error: Any) -> bool:
+    def _retry_allowed(self, error: Any, endpoint: str) -> bool:
+        if error is None:
+            return True
         # During the reachability check a refused connection is final: nothing listens there (the
         # usual cause: the emulator is not started), so the user hears it at once, not after 7 s.
-        return not (self._probing and error is not None and _refused(error))
+        if self._probing and _refused(error):
+            return False
+        if self.down is not None:
+            return False  # another request already found storage gone: this run is ending
+        return not (_timed_out(error) and self._silent_for(endpoint) >= STALL_LIMIT)
+
+    def _silent_for(self, endpoint: str) -> float:
+        """Seconds since ``endpoint`` last sent any byte of an answer (or since open())."""
+        return time.monotonic() - self._answered.get(_origin(endpoint), 0.0)
+
+    def _heard(self, url: URL) -> None:
+        self._answered[str(url.origin())] = time.monotonic()
+
+    def _trace(self) -> aiohttp.TraceConfig:
+        """Every answer's headers and body chunks, on every client sharing the session, are progress."""
+        trace = aiohttp.TraceConfig()
+
+        async def heard(session: Any, context: Any, params: Any) -> None:
+            url = getattr(params, "url", None) or getattr(getattr(params, "response", None), "url", None)
+            if url is not None:
+                self._heard(url)
+
+        trace.on_request_end.append(heard)
+        trace.on_response_chunk_received.append(heard)
+        return trace
 
     async def open(self) -> None:
         self.down = None
-        connector = aiohttp.TCPConnector(limit=self.pool_size + 8, limit_per_host=self.pool_size + 8,
-                                         ttl_dns_cache=300)
-        self._session = aiohttp.ClientSession(connector=connector)
-        # aiohttp silently re-sends an idempotent request once when a reused connection drops; every
-        # retry goes through the retry policies instead, so each one is counted and the tries bounded.
-        self._session._retry_connection = False
+        now = time.monotonic()
+        self._answered = {_origin(self.info.blob_endpoint): now, _origin(self.info.table_endpoint): now}
         self._put_timeout = aiohttp.ClientTimeout(sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT)
         self._common = {"logging_enable": False, "connection_timeout": CONNECT_TIMEOUT,
                         "read_timeout": READ_TIMEOUT}
@@ -233,17 +286,35 @@ class Storage:
 
             self._blob_credential = info.sas_token
             table_cred = AzureSasCredential(info.sas_token or "")
+        self._table_credential = table_cred
+        try:
+            self._connect()
+        except StorageUnavailable:
+            await self.close()
+            raise
+
+    def _connect(self) -> None:
+        """The shared session, sized to the pool, and the table clients on it (the blob client is made
+        on first use). Called by open(), and again when the pool is resized."""
+        info = self.info
+        connector = aiohttp.TCPConnector(limit=self._pool_size + 8, limit_per_host=self._pool_size + 8,
+                                         ttl_dns_cache=300)
+        self._session = aiohttp.ClientSession(connector=connector, trace_configs=[self._trace()])
+        # aiohttp silently re-sends an idempotent request once when a reused connection drops; every
+        # retry goes through the retry policies instead, so each one is counted and the tries bounded.
+        self._session._retry_connection = False
+        self._blob_service, self._container = None, None
         try:
             self._table_service = TableServiceClient(
-                info.table_endpoint, credential=table_cred,
+                info.table_endpoint, credential=self._table_credential,
                 transport=self._transport(),
                 # backoff 0, 1, 2, 2, 2 s
                 retry_total=RETRY_TOTAL, retry_connect=RETRY_TOTAL, retry_read=RETRY_TOTAL,
                 retry_status=RETRY_TOTAL, retry_backoff_factor=0.5, retry_backoff_max=2.0,
                 **self._common)
-            _tune_table_retry(self._table_service, self._count_retry, self._retry_allowed)
+            _tune_table_retry(self._table_service, self._count_retry,
+                              lambda error: self._retry_allowed(error, info.table_endpoint))
         except (ValueError, AzureError) as exc:
-            await self.close()
             raise StorageUnavailable(f"cannot use the storage settings: {redact(str(exc))}") from None
         self.sets = self._table_service.get_table_client(f"{self.corpus}ImageSets")
         self.transforms = self._table_service.get_table_client(f"{self.corpus}ImageTransforms")
@@ -260,14 +331,17 @@ class Storage:
                 self._blob_service = BlobServiceClient(
                     self.info.blob_endpoint, credential=self._blob_credential,
                     transport=self._transport(),
-                    retry_policy=_blob_retry(self._count_retry, self._retry_allowed), **self._common)
+                    retry_policy=_blob_retry(self._count_retry,
+                                             lambda error: self._retry_allowed(error, self.info.blob_endpoint)),
+                    **self._common)
             except (ValueError, AzureError) as exc:
                 raise StorageUnavailable(f"cannot use the storage settings: {redact(str(exc))}") from None
             self._container = self._blob_service.get_container_client(self.corpus)
         return self._container
 
     async def close(self) -> None:
-        for client in (self._blob_service, self._table_service, self._credential):
+        retired, self._retired = self._retired, []
+        for client in (self._blob_service, self._table_service, self._credential, *retired):
             if client is not None:
                 with contextlib.suppress(Exception):
                     await client.close()
@@ -279,7 +353,9 @@ class Storage:
         """Reach the account and create the container and tables, within PROBE_TIMEOUT * 2 seconds.
 
         The requests retry like any other (a blip at start-up is survived), but the whole check gives
-        up after 10 s: unreachable storage is one line and exit 2, not a run that fails item by item.
+        up after 10 s: unreachable storage is one line naming the endpoint that did not answer (blob
+        or table) and exit 2, not a run that fails item by item. ``create=False`` checks both
+        endpoints too: the container exists and the table service answers.
 
         ``container=False`` leaves the container to ``ensure_container`` (upload creates it before its
         first blob), so a run that writes no blob never imports the blob SDK.
@@ -289,13 +365,14 @@ class Storage:
             await asyncio.wait_for(self._ensure(create, container), timeout=PROBE_TIMEOUT * 2)
         except TimeoutError:
             raise StorageUnavailable(
-                f"cannot reach storage at {self.info.blob_endpoint} (no answer within "
+                f"cannot reach storage at {self._probe_endpoint} (no answer within "
                 f"{PROBE_TIMEOUT * 2:.0f} s); {_emulator_hint(self.info)}") from None
         finally:
             self._probing = False
 
     async def _ensure(self, create: bool, container: bool) -> None:
         if container or not create:
+            self._probe_endpoint = self.info.blob_endpoint
             with self.translate(f"container {self.corpus}", endpoint=self.info.blob_endpoint):
                 if create:
                     # no public_access argument: the container is private, always
@@ -306,11 +383,17 @@ class Storage:
                 else:
                     await self.container.get_container_properties(timeout=int(PROBE_TIMEOUT))
         assert self._table_service is not None
+        self._probe_endpoint = self.info.table_endpoint
+        if not create:
+            # reading never creates: one row of the sets table at most (not counted in stats: a probe)
+            with self.translate(f"table {self.sets.table_name}", endpoint=self.info.table_endpoint):
+                async for _ in self.sets.list_entities(results_per_page=1, select=["PartitionKey"]).by_page():
+                    break
+            return
         for table in (self.sets, self.transforms, self.tags):
-            with self.translate(f"table {table.table_name}", endpoint=self.info.table_endpoint):
-                if create:
-                    with contextlib.suppress(ResourceExistsError):
-                        await self._table_service.create_table(table.table_name)
+            with (self.translate(f"table {table.table_name}", endpoint=self.info.table_endpoint),
+                  contextlib.suppress(ResourceExistsError)):
+                await self._table_service.create_table(table.table_name)
 
     async def ensure_container(self) -> None:
         """Create the container once per run (concurrent callers wait for the one request)."""
@@ -368,7 +451,7 @@ class Storage:
             raise Conflict(f"{what}: changed by someone else or already exists ({_code(exc)})") from None
         except (ServiceRequestError, ServiceResponseError, aiohttp.ClientError, ConnectionError, TimeoutError) as exc:
             where = endpoint or self.info.blob_endpoint
-            message = f"cannot reach storage at {where} for {what} ({_short(exc)}); {_emulator_hint(self.info)}"
+            message = f"cannot reach storage at {where} for {what} ({_why(exc)}); {_emulator_hint(self.info)}"
             self._went_down(message)
             raise StorageUnavailable(message) from None
         except HttpResponseError as exc:
@@ -379,6 +462,10 @@ class Storage:
             raise StorageError(f"{what}: storage error {exc.status_code} {_code(exc)}") from None
         except AzureError as exc:
             raise StorageError(f"{what}: {redact(_short(exc))}") from None
+
+    def _table_op(self, what: str) -> contextlib.AbstractContextManager[None]:
+        """translate() for a table request: a failure to reach storage names the table endpoint."""
+        return self.translate(what, endpoint=self.info.table_endpoint)
 
     def _went_down(self, message: str) -> None:
         if self.down is None:
@@ -457,13 +544,13 @@ class Storage:
                         if status >= 300:
                             await resp.read()  # drain, so the connection goes back to the pool
                 except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                    if attempt < RETRY_TOTAL:
+                    if attempt < RETRY_TOTAL and self._retry_allowed(exc, self.info.blob_endpoint):
                         await self._retry_pause()
                         continue
                     # redacted, and the SAS masked: some aiohttp errors name the URL
                     raise StorageUnavailable(
                         f"cannot reach storage at {self.info.blob_endpoint} for {what} "
-                        f"({redact(_short(exc), (self._sas or '',))}); {_emulator_hint(self.info)}") from None
+                        f"({redact(_why(exc), (self._sas or '',))}); {_emulator_hint(self.info)}") from None
                 if _is_retriable(status) and attempt < RETRY_TOTAL:
                     await self._retry_pause()
                     continue
@@ -536,7 +623,7 @@ class Storage:
 
     # ----- tables ----------------------------------------------------------------------------
     async def get_entity(self, table: TableClient, pk: str, rk: str) -> dict[str, Any] | None:
-        with self.translate(f"{table.table_name} row ({pk}, {rk})"):
+        with self._table_op(f"{table.table_name} row ({pk}, {rk})"):
             self.stats.entity_reads += 1
             try:
                 return await table.get_entity(pk, rk)
@@ -547,7 +634,7 @@ class Storage:
                     parameters: dict[str, Any] | None = None,
                     select: list[str] | None = None) -> AsyncIterator[dict[str, Any]]:
         """Stream the rows matching a filter (1,000 per page)."""
-        with self.translate(f"query of {table.table_name}"):
+        with self._table_op(f"query of {table.table_name}"):
             self.stats.table_queries += 1
             if query_filter:
                 pages = table.query_entities(query_filter, parameters=parameters, results_per_page=1000,
@@ -563,7 +650,7 @@ class Storage:
                           page_size: int = 1000) -> AsyncIterator[tuple[list[dict[str, Any]], bool]]:
         """The rows matching a filter, one server page at a time, each with whether more follow, so a
         caller can stop between pages (the tag query reads partitions in lockstep, stopping at the smallest)."""
-        with self.translate(f"query of {table.table_name}"):
+        with self._table_op(f"query of {table.table_name}"):
             self.stats.table_queries += 1
             pager = table.query_entities(query_filter, parameters=parameters, results_per_page=page_size,
                                          select=select).by_page()
@@ -574,13 +661,13 @@ class Storage:
 
     async def create_entity(self, table: TableClient, entity: Mapping[str, Any]) -> str | None:
         """Insert; Conflict if the row exists. Returns the new ETag."""
-        with self.translate(f"{table.table_name} row ({entity['PartitionKey']}, {entity['RowKey']})"):
+        with self._table_op(f"{table.table_name} row ({entity['PartitionKey']}, {entity['RowKey']})"):
             self.stats.entity_writes += 1
             meta = await table.create_entity(entity)
             return meta.get("etag")
 
     async def upsert_entity(self, table: TableClient, entity: Mapping[str, Any], *, merge: bool = True) -> str | None:
-        with self.translate(f"{table.table_name} row ({entity['PartitionKey']}, {entity['RowKey']})"):
+        with self._table_op(f"{table.table_name} row ({entity['PartitionKey']}, {entity['RowKey']})"):
             self.stats.entity_writes += 1
             meta = await table.upsert_entity(entity, mode=UpdateMode.MERGE if merge else UpdateMode.REPLACE)
             return meta.get("etag")
@@ -588,7 +675,7 @@ class Storage:
     async def update_entity(self, table: TableClient, entity: Mapping[str, Any], *, etag: str | None,
                             merge: bool = True) -> str | None:
         """Conditional update: Conflict when the row changed since ``etag`` was read."""
-        with self.translate(f"{table.table_name} row ({entity['PartitionKey']}, {entity['RowKey']})"):
+        with self._table_op(f"{table.table_name} row ({entity['PartitionKey']}, {entity['RowKey']})"):
             self.stats.entity_writes += 1
             kwargs: dict[str, Any] = {}
             if etag:
@@ -598,7 +685,7 @@ class Storage:
             return meta.get("etag")
 
     async def delete_entity(self, table: TableClient, pk: str, rk: str) -> None:
-        with self.translate(f"{table.table_name} row ({pk}, {rk})"):
+        with self._table_op(f"{table.table_name} row ({pk}, {rk})"):
             self.stats.entity_writes += 1
             await table.delete_entity(pk, rk)
 
@@ -617,7 +704,7 @@ class Storage:
                                                "match_condition": MatchConditions.IfNotModified}))
             else:
                 ops.append(("update", entity, {"mode": UpdateMode.MERGE}))
-        with self.translate(what):
+        with self._table_op(what):
             self.stats.entity_writes += len(ops)
             try:
                 metas = await table.submit_transaction(ops)
@@ -630,7 +717,7 @@ class Storage:
         for start in range(0, len(entities), TAG_BATCH):
             chunk = entities[start:start + TAG_BATCH]
             what = f"{table.table_name} batch in partition {chunk[0]['PartitionKey']}"
-            with self.translate(what):
+            with self._table_op(what):
                 self.stats.entity_writes += len(chunk)
                 try:
                     await table.submit_transaction([("upsert", e) for e in chunk])
@@ -640,7 +727,7 @@ class Storage:
     async def delete_batch(self, table: TableClient, keys: list[tuple[str, str]]) -> None:
         for start in range(0, len(keys), TAG_BATCH):
             chunk = keys[start:start + TAG_BATCH]
-            with self.translate(f"{table.table_name} delete batch"):
+            with self._table_op(f"{table.table_name} delete batch"):
                 self.stats.entity_writes += len(chunk)
                 await table.submit_transaction([("delete", {"PartitionKey": pk, "RowKey": rk})
                                                 for pk, rk in chunk])
@@ -691,6 +778,37 @@ def _refused(exc: BaseException) -> bool:
             return True
         cur = getattr(cur, "inner_exception", None) or cur.__cause__ or cur.__context__
     return False
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """No connection or no answer within its timeout, anywhere in the exception's chain."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, TimeoutError | ServiceRequestTimeoutError | ServiceResponseTimeoutError):
+            return True
+        cur = getattr(cur, "inner_exception", None) or cur.__cause__ or cur.__context__
+    return False
+
+
+def _why(exc: BaseException) -> str:
+    """Why a request could not reach storage, in a few words (a timeout says how long it waited)."""
+    if _timed_out(exc):
+        if isinstance(exc, ServiceRequestTimeoutError | aiohttp.ConnectionTimeoutError):
+            return f"no connection within {CONNECT_TIMEOUT:g} s"
+        return f"no answer within {READ_TIMEOUT:g} s"
+    return _short(exc)
+
+
+def _origin(endpoint: str) -> str:
+    return str(URL(endpoint).origin())
+
+
+def _check_pool_size(value: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"pool_size must be a whole number of at least 1, got {value!r}")
+    return value
 
 
 def _code(exc: Exception) -> str:

@@ -11,8 +11,11 @@ chunked bodies, HEAD, 1xx/204/304), so it can decide per request, with a seeded 
   timeout), then drop the connection.
 
 It can also go down as a whole: ``refuse()`` closes the listening socket and every open connection
-(clients get ECONNREFUSED, like a closed port) until ``restore()``. It runs its own event loop in a
-thread, so the tool under test can run ``asyncio.run`` in the test's thread.
+(clients get ECONNREFUSED, like a closed port) until ``restore()``; or go silent: once it has seen
+``freeze_after`` requests it reads every later request and never answers it (a hung endpoint that
+still accepts connections), counting them in ``frozen``. ``hold`` makes each blob download wait until
+that many wait at once (or ``hold_seconds`` pass), so a test can see how many ran in parallel. It runs
+its own event loop in a thread, so the tool under test can run ``asyncio.run`` in the test's thread.
 """
 
 from __future__ import annotations
@@ -125,6 +128,13 @@ class FaultProxy:
         self.requests = 0
         self.faults: Counter[str] = Counter()
         self.log: list[tuple[str, str]] = []  # (fault, request line) of every fault injected
+        self.freeze_after: int | None = None  # requests answered before the endpoint goes silent
+        self.frozen = 0  # requests read while silent (never answered)
+        self.hold = 0  # blob GETs held until this many wait at once (0: off)
+        self.hold_seconds = 5.0
+        self.held = 0  # blob GETs waiting now
+        self.peak_held = 0
+        self._released: asyncio.Event | None = None
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -141,6 +151,18 @@ class FaultProxy:
             await self._server.wait_closed()
             self._server = None
 
+    async def _hold(self) -> None:
+        if self._released is None or self._released.is_set():
+            self._released = asyncio.Event()
+        released = self._released
+        self.held += 1
+        self.peak_held = max(self.peak_held, self.held)
+        if self.held >= self.hold:
+            released.set()
+        with suppress(TimeoutError):
+            await asyncio.wait_for(released.wait(), self.hold_seconds)
+        self.held -= 1
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
         up_reader: asyncio.StreamReader | None = None
@@ -153,7 +175,13 @@ class FaultProxy:
                 if "100-continue" in headers.get("expect", "").lower():
                     raise AssertionError("the proxy does not do Expect: 100-continue")
                 body = await _read_body(reader, headers)
+                if self.freeze_after is not None and self.requests >= self.freeze_after:
+                    self.frozen += 1
+                    await asyncio.Event().wait()  # silent until the proxy stops (the task is cancelled)
                 self.requests += 1
+                line = head.split(b"\r\n", 1)[0]
+                if self.hold and method == b"GET" and b"restype=" not in line and b"comp=" not in line:
+                    await self._hold()  # a blob download (not a listing or a container request)
                 fault = self.plan.draw()
                 if fault is not None:
                     self.faults[fault] += 1
@@ -195,6 +223,8 @@ class FaultProxy:
                     return
         except (_Closed, ConnectionError, OSError):
             pass
+        except asyncio.CancelledError:
+            pass  # the proxy is stopping: a silent or held request ends here, not as a logged error
         finally:
             self._writers.discard(writer)
             for w in (writer, up_writer):
