@@ -23,7 +23,7 @@ from .download import DownloadReport, neutralise_cell
 from .errors import CorpusError
 from .imagetypes import DEFAULT_EXTENSIONS
 from .models import ImageTransform
-from .progress import BarProgress, human_bytes
+from .progress import BarProgress, human_bytes, printable
 from .query import QueryResult
 from .results import Failure
 from .status import StatusReport
@@ -80,7 +80,7 @@ def _run(make: Callable[[], Awaitable[T]], on_interrupt: Callable[[], None] | No
     try:
         return asyncio.run(make())  # type: ignore[arg-type]
     except CorpusError as exc:
-        _err(f"Error: {exc}")
+        _err(_printable(f"Error: {exc}"))  # one line, whatever path or name the message holds
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         if on_interrupt is not None:
@@ -101,14 +101,14 @@ def _print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
-# Control characters shown escaped: a file name with a newline stays on its line, and a name cannot
-# send escape sequences to the terminal. A byte of a non-UTF-8 name (a lone surrogate) shows as \xNN.
-_CONTROL = ({i: f"\\x{i:02x}" for i in (*range(0x20), 0x7F)} | {9: "\\t", 10: "\\n", 13: "\\r"}
-            | {i: f"\\x{i - 0xDC00:02x}" for i in range(0xDC80, 0xDD00)})
+# Control characters shown escaped (progress.printable): a name with a newline stays on its line, and
+# a name, tag or label cannot send escape sequences to the terminal.
+_printable = printable
 
 
-def _printable(text: str) -> str:
-    return text.translate(_CONTROL)
+def _joined(lines: list[str]) -> str:
+    """A summary's lines, each printable: a path, tag or label from storage stays on its line."""
+    return "\n".join(_printable(line) for line in lines)
 
 
 def _print_failures(failures: list[Failure], limit: int = 50) -> None:
@@ -160,6 +160,8 @@ def upload(root: str, version: str, extensions: str, max_parallel_uploads: int, 
     if as_json:
         _print_json(report.to_json())
     else:
+        for w in report.warnings:
+            _err(_printable(f"warning: {w}"))
         _print_failures(report.failures)
         click.echo(format_upload(report))
     sys.exit(report.exit_code)
@@ -173,7 +175,7 @@ def format_upload(r: UploadReport) -> str:
         lines += [f"  {s.path or '(root)'}: {s.images} files" for s in planned[:20]]
         if len(planned) > 20:
             lines.append(f"  ... and {len(planned) - 20} more sets")
-        return "\n".join(lines)
+        return _joined(lines)
     if r.interrupted:
         head = (f"Interrupted: version {r.version} from {r.root} is partly uploaded; the sets below that are not "
                 "complete stay pending and a rerun finishes them")
@@ -200,7 +202,7 @@ def format_upload(r: UploadReport) -> str:
         lines.append(f"  duplicates  {len(r.duplicates)} groups of byte-identical files: {shown}{more}")
     if r.failures:
         lines.append(f"  problems    {len(r.failures)} (listed above on stderr)")
-    return "\n".join(lines)
+    return _joined(lines)
 
 
 # ----- finding sets again: query, download, status --------------------------------------------
@@ -318,7 +320,7 @@ def download(tags: tuple[str, ...], any_tag: bool, version: str | None, transfor
 
 def format_download(r: DownloadReport) -> str:
     if r.interrupted and not r.files_selected:
-        return f"Interrupted: download to {r.out} stopped before any set was selected; nothing was written."
+        return _printable(f"Interrupted: download to {r.out} stopped before any set was selected; nothing was written.")
     if r.interrupted:
         head = (f"Interrupted: download to {r.out} stopped; every file there is whole (checked against its MD5) "
                 "and a rerun downloads only the rest")
@@ -326,6 +328,10 @@ def format_download(r: DownloadReport) -> str:
         head = "Nothing to download: no complete set matches."
     elif r.files_downloaded == 0 and not r.failures and r.records:
         head = f"Nothing to download: all {len(r.records)} files of {r.sets} sets are already in {r.out}."
+    elif (missing := r.files_failed + r.files_refused) and not r.files_downloaded and not r.files_present:
+        head = f"Nothing downloaded: all {missing} files of {r.sets} sets failed (listed above on stderr)"
+    elif missing:
+        head = f"Downloaded {r.sets} sets to {r.out} except {missing} files (listed above on stderr)"
     else:
         head = f"Downloaded {r.sets} sets to {r.out}"
     lines = [
@@ -337,13 +343,15 @@ def format_download(r: DownloadReport) -> str:
     ]
     if r.manifest and r.interrupted:
         lines.append(f"  manifest    {r.manifest} not written (the rerun writes it)")
+    elif r.manifest and r.manifest_error:
+        lines.append(f"  manifest    {r.manifest} {r.manifest_error}")
     elif r.manifest:
         lines.append(f"  manifest    {r.manifest} ({len(r.records)} records)")
     if r.retries:
         lines.append(f"  retries     retried {r.retries} requests")
     if r.failures:
         lines.append(f"  problems    {len(r.failures)} (listed above on stderr)")
-    return "\n".join(lines)
+    return _joined(lines)
 
 
 @cli.command()
@@ -407,7 +415,7 @@ def format_status(r: StatusReport, top: int = 10) -> str:
         lines.append(f"  tags        sets per tag{more}:")
         width = max((len(t) for t, _ in shown), default=0)
         lines += [f"    {t.ljust(width)}  {n}" for t, n in shown]
-    return "\n".join(lines)
+    return _joined(lines)
 
 
 def _operations_epilog() -> str:
@@ -474,9 +482,13 @@ def format_transform(r: TransformReport) -> str:
         lines += [f"  {s.path or '(root)'}@{s.version}: {s.images} images" for s in planned[:20]]
         if len(planned) > 20:
             lines.append(f"  ... and {len(planned) - 20} more sets")
-        return "\n".join(lines)
+        return _joined(lines)
     if r.interrupted:
         head = f"Interrupted: transform {label} is partly done; unfinished sets stay pending and a rerun finishes them"
+    elif not r.sets and not r.failures:
+        what = "original" if r.source == "original" else f"{r.source} output"
+        head = (f"Nothing to transform: no set matches (complete {what} sets with the tags and source version "
+                "asked for).")
     elif not r.sets_transformed and not r.failures:
         head = f"Nothing to transform: every matching set already has a complete {label} output."
     else:
@@ -496,7 +508,7 @@ def format_transform(r: TransformReport) -> str:
     if r.failures:
         lines.append(f"  problems    {len(r.failures)} (listed above on stderr); failed sets stay pending, "
                      "rerun to retry them")
-    return "\n".join(lines)
+    return _joined(lines)
 
 
 @cli.command(name="transforms")
@@ -520,7 +532,8 @@ def transforms_command(as_json: bool, connection_string: str | None, account_url
         return
     width = max(len(f"{t.name}@{t.version}") for t in items)
     for t in items:
-        click.echo(f"{t.name + '@' + t.version:<{width}}  {t.command_line}  (from {t.source}, {t.created_at})")
+        click.echo(_printable(f"{t.name + '@' + t.version:<{width}}  {t.command_line}  (from {t.source}, "
+                              f"{t.created_at})"))
 
 
 def main() -> None:

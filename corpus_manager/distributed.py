@@ -18,6 +18,7 @@ imported only when a scheduler is given.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import math
@@ -184,10 +185,14 @@ def chunk_size(todo: int, threads: int) -> int:
 async def _connect(distributed: ModuleType, scheduler: str) -> Any:
     hint = (f"start one with `dask scheduler` and workers with `dask worker {scheduler}`, or fix --scheduler "
             f"({SCHEDULER_ENV})")
+    client = None
     try:
-        return await distributed.Client(scheduler, asynchronous=True, timeout=CONNECT_TIMEOUT,
-                                        set_as_default=False)
+        client = distributed.Client(scheduler, asynchronous=True, timeout=CONNECT_TIMEOUT, set_as_default=False)
+        return await client
     except (OSError, TimeoutError, ValueError) as exc:
+        if client is not None:  # closed here, on the loop: left to the garbage collector, its close()
+            with contextlib.suppress(Exception):  # is a coroutine nobody awaits (a RuntimeWarning)
+                await client.close()
         detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
         raise ConfigError(f"cannot reach the Dask scheduler at {redact(scheduler)} ({redact(detail)}); "
                           f"{hint}") from None

@@ -30,7 +30,7 @@ from .errors import ConfigError, CorpusError
 from .query import QueryFilter, SetRow, query_sets
 from .results import Failure, NullProgress, ProgressSink
 from .storage import BlobInfo, Storage
-from .throttle import ThrottleWork
+from .throttle import ThrottleWork, open_file_cap
 
 MANIFEST_FIELDS = ("local_path", "blob_name", "set_path", "tags", "version", "transform_name",
                    "transform_version", "bytes", "md5")
@@ -127,6 +127,7 @@ class DownloadReport:
     records: list[FileRecord] = field(default_factory=list)
     files_selected: int = 0  # images of the selected sets, by their rows
     interrupted: bool = False
+    manifest_error: str | None = None  # why --manifest could not be written (the files are still there)
 
     @property
     def files_not_done(self) -> int:
@@ -146,6 +147,7 @@ class DownloadReport:
         return {
             "out": self.out,
             "manifest": self.manifest,
+            "manifest_error": self.manifest_error,
             "sets": self.sets,
             "files": {"downloaded": self.files_downloaded, "already_present": self.files_present,
                       "failed": self.files_failed, "refused": self.files_refused},
@@ -306,9 +308,15 @@ async def download_sets(storage: Storage, out: str, filters: QueryFilter | None 
         raise ConfigError(f"--out {out!r} exists and is not a directory")
     progress = progress or NullProgress()
     started = time.perf_counter()
+    # each download holds a socket and a file, and as many set listings (a socket each) may run beside
+    # them: never more in flight than the open-file limit holds
+    max_parallel_downloads, capped = open_file_cap(max_parallel_downloads, "--max-parallel-downloads",
+                                                   per_item=3)
     result = await query_sets(storage, filters)
     if report is None:
         report = DownloadReport(out=str(out_path.resolve()))
+    if capped:
+        report.warnings.append(capped)
     report.out, report.sets = str(out_path.resolve()), len(result.sets)
     report.files_selected = sum(s.images for s in result.sets)
     report.manifest = str(Path(manifest).resolve()) if manifest else None
@@ -346,5 +354,9 @@ async def download_sets(storage: Storage, out: str, filters: QueryFilter | None 
         report.failures.sort(key=lambda f: (f.kind, f.item))
         report.elapsed = time.perf_counter() - started
     if manifest is not None:
-        await asyncio.to_thread(write_manifest, manifest, report.records)
+        try:
+            await asyncio.to_thread(write_manifest, manifest, report.records)
+        except OSError as exc:  # a read-only directory, a full disk: the downloads stand, the run says so
+            report.manifest_error = f"not written: {exc.strerror or exc}"
+            report.failures.append(Failure(report.manifest or manifest, f"manifest {report.manifest_error}"))
     return report

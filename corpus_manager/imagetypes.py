@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import struct
 
+from .errors import ConfigError
+
 DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp")
 
 CONTENT_TYPES = {
@@ -75,13 +77,24 @@ def _unsupported(data: bytes) -> str:
 
 
 def normalize_extensions(exts: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
-    """'.jpg,PNG' -> ('.jpg', '.png'); matching is case-insensitive."""
+    """'.jpg,PNG' -> ('.jpg', '.png'); matching is case-insensitive. A list that names no extension
+    (``""``, ``","``) or holds a pattern or a path (``*``, ``*.jpg``, ``a/b``) is refused: it would
+    otherwise silently match nothing and call every image "not an image"."""
     if exts is None:
         return DEFAULT_EXTENSIONS
     items = exts.split(",") if isinstance(exts, str) else list(exts)
     out = []
     for item in items:
         item = item.strip().lower()
-        if item:
-            out.append(item if item.startswith(".") else "." + item)
+        if not item:
+            continue
+        ext = item if item.startswith(".") else "." + item
+        if ext == "." or any(ch in ext[1:] for ch in "*?[]/\\.") or any(ch.isspace() for ch in ext):
+            raise ConfigError(f"--ext {item!r} is not a file extension: list extensions separated by commas, "
+                              f"e.g. {','.join(DEFAULT_EXTENSIONS[:3])} (no wildcards)")
+        out.append(ext)
+    if not out:
+        raise ConfigError(f"--ext {exts if isinstance(exts, str) else ','.join(exts)!r} names no extension: list them "
+                          f"separated by commas, e.g. {','.join(DEFAULT_EXTENSIONS[:3])}, or leave --ext out for "
+                          "the default")
     return tuple(dict.fromkeys(out))

@@ -118,3 +118,26 @@ async def iterate_in_thread(iterator: Iterable[T]) -> AsyncIterator[T]:
         if item is done:
             return
         yield item  # type: ignore[misc]
+
+
+# File descriptors left for everything but the transfers: stdio, the event loop, the table
+# requests, the crawl's open directories, the interpreter's own files.
+FD_RESERVE = 64
+
+
+def open_file_cap(requested: int, option: str, *, per_item: int = 2, others: int = 0) -> tuple[int, str | None]:
+    """``requested`` transfers in flight, or fewer if the open-file limit (``ulimit -n``) cannot hold
+    them: each holds ``per_item`` descriptors (a socket and a local file), ``others`` more are in use
+    (e.g. table requests). Returns the limit to use and, when it is lower, a note saying so."""
+    try:
+        import resource  # POSIX only
+    except ImportError:
+        return requested, None
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return requested, None
+    cap = max(1, (soft - FD_RESERVE - others) // per_item)
+    if requested <= cap:
+        return requested, None
+    return cap, (f"{option} {requested} is more than the open-file limit allows (ulimit -n {soft}): "
+                 f"{cap} run at once")

@@ -27,6 +27,7 @@ from transforms import Spec, SpecError
 
 from .errors import ConfigError, Conflict, CorpusError, CorruptRow, TransformSpecError
 from .models import COMPLETE, PENDING, ImageSet, ImageTransform, SetIdentity, check_name, content_digest
+from .query import open_for_reading
 from .results import Failure, NullProgress, ProgressSink
 from .storage import Storage, etag_of
 from .tagindex import index_set
@@ -382,10 +383,9 @@ async def run_transform(storage: Storage, name: str, version: str, spec: Spec, *
     started = time.perf_counter()
     own_pool = pool is None
     try:
-        if dry_run:
-            await storage.ensure(create=False)
-        else:
-            await storage.ensure()
+        # A transform reads an existing corpus: it never creates one (a typo in --corpus is refused like
+        # query's), and every check that can refuse the run (exit 2) reads only, so it writes nothing.
+        await open_for_reading(storage)
         if source:
             src_name, src_version = parse_label(source)
             if await storage.get_entity(storage.transforms, src_name, src_version) is None:

@@ -24,7 +24,7 @@ from .models import COMPLETE, ORIGINAL_PARTITION, PENDING, ImageSet, SetIdentity
 from .results import Failure, NullProgress, ProgressSink
 from .storage import TAG_BATCH, BlobInfo, Storage
 from .tagindex import TagIndexWriter
-from .throttle import ThrottleWork, iterate_in_thread
+from .throttle import ThrottleWork, iterate_in_thread, open_file_cap
 
 
 @dataclass
@@ -61,6 +61,7 @@ class UploadReport:
     elapsed: float = 0.0
     interrupted: bool = False
     retries: int = 0  # requests storage failed (error, reset, no answer) that were tried again
+    warnings: list[str] = field(default_factory=list)
 
     def _count(self, status: str) -> int:
         return sum(1 for s in self.sets if s.status == status)
@@ -109,6 +110,7 @@ class UploadReport:
             "failures": [f.to_json() for f in self.failures],
             "interrupted": self.interrupted,
             "retries": self.retries,
+            "warnings": self.warnings,
             "set_results": [s.to_json() for s in self.sets],
         }
 
@@ -515,6 +517,13 @@ async def upload_tree(storage: Storage, root: str, version: str, *, extensions: 
         report = UploadReport(root=crawler.root, version=version)
     report.root, report.version, report.dry_run = crawler.root, version, dry_run
     started = time.perf_counter()
+    # each upload holds a socket and a file, each table write a socket (table writes get at most a
+    # quarter of the descriptors): never more in flight than the open-file limit holds
+    max_parallel_upserts, capped_upserts = open_file_cap(max_parallel_upserts, "--max-parallel-upserts",
+                                                         per_item=4)
+    max_parallel_uploads, capped = open_file_cap(max_parallel_uploads, "--max-parallel-uploads",
+                                                 others=max_parallel_upserts)
+    report.warnings += [note for note in (capped, capped_upserts) if note]
     up = _Uploader(storage, version, max_parallel_uploads, max_parallel_upserts, progress)
     if dry_run:
         try:
