@@ -128,3 +128,95 @@ def test_account_key_never_printed_in_a_normal_run(conn: str, corpus_name: str, 
         result = CliRunner().invoke(cli, args)
         assert KEY not in result.output
         assert "AccountKey" not in result.output
+
+
+# ----- an option given beats the environment; nothing given falls back; nothing empty is accepted --------
+CONN_A = "AccountName=envacct;AccountKey=YWJj"
+SAS = "sv=2024-11-04&ss=bt&srt=sco&sp=rwdlacu&se=2030-01-01T00%3A00%3A00Z&sig=c2lnbmF0dXJl"
+
+
+def test_account_url_option_beats_the_connection_string_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", CONN_A)
+    info = connection_from_settings(account_url="https://optacct.blob.core.windows.net")
+    assert (info.account_name, info.use_identity) == ("optacct", True)
+
+
+def test_connection_string_option_beats_the_account_url_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING", raising=False)
+    monkeypatch.setenv("CORPUS_ACCOUNT_URL", "https://envacct.blob.core.windows.net")
+    assert connection_from_settings().account_name == "envacct"
+    info = connection_from_settings("AccountName=optacct;AccountKey=YWJj")
+    assert (info.account_name, info.use_identity) == ("optacct", False)
+
+
+def test_from_the_environment_alone_the_connection_string_wins_and_empty_means_unset(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", CONN_A)
+    monkeypatch.setenv("CORPUS_ACCOUNT_URL", "https://urlacct.blob.core.windows.net")
+    assert connection_from_settings().account_name == "envacct"
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", "")
+    assert connection_from_settings().account_name == "urlacct"
+    monkeypatch.setenv("CORPUS_ACCOUNT_URL", "")
+    assert connection_from_settings().blob_endpoint == "http://127.0.0.1:10000/devstoreaccount1"
+    monkeypatch.setenv("CORPUS_NAME", "")
+    assert corpus_from_settings() == "images"
+
+
+def test_both_options_given_is_a_usage_error() -> None:
+    with pytest.raises(ConfigError, match=r"^--connection-string and --account-url exclude each other"):
+        connection_from_settings(CONN_A, "https://acct.blob.core.windows.net")
+
+
+def test_a_sas_in_the_account_url_is_used_never_dropped_nor_printed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING", raising=False)
+    info = connection_from_settings(account_url=f"https://acct.blob.core.windows.net/?{SAS}")
+    assert (info.blob_endpoint, info.table_endpoint) == ("https://acct.blob.core.windows.net",
+                                                         "https://acct.table.core.windows.net")
+    assert info.sas_token == SAS and not info.use_identity and info.account_name == "acct"
+    assert "c2lnbmF0dXJl" not in repr(info)
+    # Azurite's path-style URL: the account is the path, the table endpoint the port + 2
+    local = connection_from_settings(account_url=f"http://127.0.0.1:20000/devstoreaccount1?{SAS}")
+    assert (local.account_name, local.table_endpoint) == ("devstoreaccount1", "http://127.0.0.1:20002/devstoreaccount1")
+
+
+@pytest.mark.parametrize("url,message", [
+    ("https://acct.blob.core.windows.net/?sv=1&ss=b&sig=abc",
+     "the SAS token in --account-url must be an account SAS for the Blob and Table services (ss=bt)"),
+    ("https://acct.blob.core.windows.net/?sv=1&sr=c&sig=abc",
+     "the SAS token in --account-url must be an account SAS for the Blob and Table services (ss=bt)"),
+    ("https://acct.blob.core.windows.net/?comp=list",
+     "--account-url has a query string but no SAS signature (sig=)"),
+    ("", "--account-url is empty"),
+    ("acct.blob.core.windows.net", "--account-url must be an http(s) URL"),
+    ("https://acct.blob.core.windows.net:99999", "--account-url 'https://acct.blob.core.windows.net:99999' has an "
+                                                 "invalid port: use 1-65535"),
+])
+def test_unusable_account_urls_are_refused(url: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        connection_from_settings(account_url=url)
+    assert str(info.value).startswith(message)
+    assert "sig=abc" not in str(info.value)
+
+
+@pytest.mark.parametrize("blob,message", [
+    ("notaurl", "the connection string's BlobEndpoint must be an http(s) URL with a host, got 'notaurl'"),
+    ("http://127.0.0.1:99999/acct", "the connection string's BlobEndpoint 'http://127.0.0.1:99999/acct' has an "
+                                    "invalid port: use 1-65535"),
+    ("http://127.0.0.1:0/acct", "the connection string's BlobEndpoint 'http://127.0.0.1:0/acct' has an invalid port"),
+    ("ftp://host/acct", "the connection string's BlobEndpoint must be an http(s) URL with a host"),
+])
+def test_unusable_endpoints_in_a_connection_string_are_config_errors(blob: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_connection_string(f"AccountName=a;AccountKey=YWJj;BlobEndpoint={blob};"
+                                "TableEndpoint=http://127.0.0.1:10002/a")
+    assert str(info.value).startswith(message)
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_empty_given_values_are_refused_not_replaced_by_a_default(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", CONN_A)
+    monkeypatch.setenv("CORPUS_NAME", "envcorpus")
+    with pytest.raises(ConfigError, match=r"^--connection-string is empty"):
+        connection_from_settings(value)
+    with pytest.raises(ConfigError, match=r"^--corpus is empty"):
+        corpus_from_settings(value)
