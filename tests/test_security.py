@@ -36,7 +36,7 @@ from corpus_manager.imagetypes import CONTENT_TYPES
 from corpus_manager.models import ImageSet, SetIdentity, content_digest
 
 from .conftest import ACCOUNT, KEY, Azurite, free_port, image_bytes, write_image
-from .helpers import blobs, rows
+from .helpers import blobs, container_exists, rows
 
 WRONG_KEY = "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktd3Jvbmcta2V5LXdyb25nLWtleQ=="
 
@@ -84,11 +84,12 @@ def _scenarios(azurite: Azurite) -> tuple[list[Scenario], list[str]]:
     scenarios = [
         Scenario("key", azurite.connection_string, corpus, ALL_OK, ""),
         Scenario("sas", endpoints + "SharedAccessSignature=" + full_sas, corpus, ALL_OK, ""),
+        # the transform has nothing left to do (the "key" scenario did it) and so writes nothing: no 403
         Scenario("read-only-sas-403", endpoints + "SharedAccessSignature=" + read_only_sas, corpus,
-                 {**ALL_OK, "upload": 2, "transform": 2}, refused),
+                 {**ALL_OK, "upload": 2}, refused),
         Scenario("forged-sas-403", endpoints + "SharedAccessSignature=" + forged_sas, corpus, ALL_2, refused),
         Scenario("wrong-key", azurite.connection_string.replace(KEY, WRONG_KEY), corpus, ALL_2, refused),
-        # reading never creates a corpus; upload and transform do (so they run last)
+        # reading (and transforming) never creates a corpus; upload does (so it runs before transform)
         Scenario("missing-container", azurite.connection_string, "m" + uuid.uuid4().hex[:12],
                  {"query": 2, "download": 2, "status": 2, "transforms": 2, "upload": 0, "transform": 0},
                  "does not exist"),
@@ -216,15 +217,15 @@ def test_the_container_is_private_whichever_command_creates_it(conn: str, corpus
             return await c.storage.container_public_access(), policy
 
     write_image(tmp_path / "root" / "a.png")
-    first = CliRunner().invoke(cli, ["transform", "t", "--version", "1", "--op", "resize=8x8"])  # creates it
-    assert first.exit_code == 0, first.output
-    public, policy = asyncio.run(access(corpus_name))
-    assert public is None and policy["public_access"] is None and policy["signed_identifiers"] == []
+    # a transform never creates a corpus (it used to, privately): only upload does
+    first = CliRunner().invoke(cli, ["transform", "t", "--version", "1", "--op", "resize=8x8"])
+    assert first.exit_code == 2 and "does not exist" in first.stderr, first.output
+    assert not container_exists(conn, corpus_name)
     other = "u" + uuid.uuid4().hex[:12]
     made = CliRunner().invoke(cli, ["upload", str(tmp_path / "root"), "--version", "v1", "--corpus", other])
     assert made.exit_code == 0, made.output
     public, policy = asyncio.run(access(other))
-    assert public is None and policy["public_access"] is None
+    assert public is None and policy["public_access"] is None and policy["signed_identifiers"] == []
     # and anonymous reads are refused: nothing of the corpus is reachable without a credential
     import urllib.error
     import urllib.request
