@@ -237,6 +237,7 @@ def test_every_name_round_trips_or_is_refused_with_its_reason(conn: str, tmp_pat
                 assert line.endswith(FILE_TAIL), line
                 event("a file was refused")
         assert back == expected_back, "a file came back that is no local file, or under another name"
+        assert set(blobs(conn, corpus)) == {os.fsdecode(n) for n in back}, "a blob no download returns"
         assert sorted(matched) == sorted(lines), "an unexpected message"
         assert up.exit_code == (1 if lines else 0), up.output
     finally:
