@@ -4,7 +4,8 @@ A generator over ``os.scandir``: one directory is listed at a time, so uploads s
 crawl ends and memory holds one directory's entries, not the corpus. Symbolic links are followed
 (an image folder often links to a data disk), each real directory is visited once, so a symlink
 loop ends with a reported problem rather than an endless walk. Unreadable entries are reported and
-skipped.
+skipped. A name that cannot round-trip as a blob name (``models.name_problem``) is refused: an image
+file alone, a directory with everything below it (its set and every set nested in it).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 
 from .errors import ConfigError
 from .imagetypes import normalize_extensions
-from .models import tags_for
+from .models import name_problem, tags_for
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class DirGroup:
 class Problem:
     path: str
     reason: str
+    kind: str = "skipped"  # or "refused": a name that cannot be a blob name
 
 
 @dataclass
@@ -61,8 +63,8 @@ class Crawler:
         self.root = root
         self.extensions = normalize_extensions(self.extensions)
 
-    def _problem(self, path: str, reason: str) -> None:
-        self.problems.append(Problem(path, reason))
+    def _problem(self, path: str, reason: str, kind: str = "skipped") -> None:
+        self.problems.append(Problem(path, reason, kind))
 
     def __iter__(self) -> Iterator[DirGroup]:
         visited: set[tuple[int, int]] = set()
@@ -105,14 +107,19 @@ class Crawler:
             except OSError as exc:
                 self._problem(entry.path, _reason(exc))
                 continue
-            if not _utf8_ok(entry.name):
-                self._problem(entry.path, "name is not valid UTF-8 (rename it); skipped")
-                continue
             if is_dir:
+                refused = name_problem(entry.name)
+                if refused is not None:  # every set below would carry the name in its blob names
+                    self._problem(entry.path, f"directory {refused}; not uploaded, nor anything below it", "refused")
+                    continue
                 subdirs.append((entry.name, entry.path))
                 continue
             if os.path.splitext(entry.name)[1].lower() not in self.extensions:
                 self.ignored += 1
+                continue
+            refused = name_problem(entry.name)
+            if refused is not None:
+                self._problem(entry.path, f"{refused}; not uploaded", "refused")
                 continue
             try:
                 st = entry.stat(follow_symlinks=True)
@@ -128,14 +135,6 @@ class Crawler:
             self.files_seen += 1
             files.append(LocalFile(entry.name, entry.path, st.st_size))
         return files, subdirs
-
-
-def _utf8_ok(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _reason(exc: OSError) -> str:

@@ -76,6 +76,12 @@ def local_target(out_root: Path, blob_name: str) -> Path:
     return target
 
 
+def temp_path(target: Path) -> Path:
+    """A fresh hidden temporary name beside ``target``, of fixed length (22 bytes): deriving it from the
+    target's name would push a name of 241-255 bytes past the file system's limit of 255."""
+    return target.with_name(f".{uuid.uuid4().hex[:16]}.part")
+
+
 def manifest_kind(path: str) -> str:
     suffix = Path(path).suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
@@ -218,7 +224,7 @@ class _Downloader:
 
     async def fetch(self, blob: BlobInfo, target: Path) -> tuple[str, int]:
         await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
-        temp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
+        temp = temp_path(target)
         h = hashlib.md5(usedforsecurity=False)
         size = 0
         fh = await asyncio.to_thread(open, temp, "xb")
@@ -273,7 +279,7 @@ def write_manifest(path: str, records: list[FileRecord]) -> None:
     kind = manifest_kind(path)
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
+    temp = temp_path(target)
     try:
         with open(temp, "w", encoding="utf-8", newline="") as fh:
             if kind == "jsonl":

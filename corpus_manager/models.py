@@ -14,6 +14,12 @@ from .keys import FIELD_SEP, SET_SEP, check_key, escape, unescape
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_BLOB_NAME = 1024
+# os.fsdecode turns each byte of a name that is not UTF-8 into a lone surrogate
+_NOT_UTF8 = re.compile("[\ud800-\udfff]")
+# backslash, C0 controls, DEL, C1 controls, and the 66 Unicode noncharacters (see name_problem)
+_BAD_NAME_CHAR = re.compile("[\\\\\x00-\x1f\x7f-\x9f\ufdd0-\ufdef"
+                            + "".join(f"{chr(p + 0xFFFE)}{chr(p + 0xFFFF)}" for p in range(0, 0x110000, 0x10000))
+                            + "]")
 PENDING = "pending"
 COMPLETE = "complete"
 ORIGINAL_PARTITION = "original"
@@ -25,6 +31,31 @@ def check_name(value: str, what: str) -> str:
         raise InvalidName(f"{what} {value!r} is not valid: use 1-64 letters, digits, '.', '_' or '-', "
                           "starting with a letter or digit")
     return value
+
+
+def name_problem(name: str) -> str | None:
+    """Why one local file or directory name cannot be part of a blob name, or None when it round-trips.
+
+    Decided once for every blob name (keys.py escapes table keys instead): such names are refused at
+    upload, never escaped, so a blob name always reads back as the local path it came from. Refused:
+    bytes that are not UTF-8 (lone surrogates after os.fsdecode); ``\\``, which Azure and Azurite
+    store as ``/``; control characters (C0, DEL, C1), which Azure refuses in blob names and most of
+    which Azurite stores but cannot list (HTTP 500 for the whole prefix; tab, newline and CR list on
+    Azurite, but not being portable they are refused too); and Unicode noncharacters (U+FFFE and
+    U+FFFF break Azurite's listings like controls do).
+    """
+    if _NOT_UTF8.search(name):
+        return "name is not valid UTF-8 (rename it)"
+    bad = _BAD_NAME_CHAR.search(name)
+    if bad is None:
+        return None
+    ch = bad.group()
+    if ch == "\\":
+        return "name contains a backslash, which Azure Blob Storage stores as '/' (rename it)"
+    if ord(ch) <= 0x9F:
+        return (f"name contains the control character U+{ord(ch):04X}, which Azure Blob Storage refuses in "
+                "blob names (rename it)")
+    return f"name contains the Unicode noncharacter U+{ord(ch):04X}, which is not for interchange (rename it)"
 
 
 def tags_for(rel_dir: str) -> list[str]:
@@ -94,6 +125,9 @@ class SetIdentity:
         return "/".join(parts) + "/"
 
     def blob_name(self, file_name: str) -> str:
+        problem = name_problem(file_name)
+        if problem is not None:
+            raise InvalidName(f"file {file_name!r}: {problem}")
         name = self.blob_prefix + file_name
         if len(name) > MAX_BLOB_NAME:
             raise InvalidName(f"blob name for {self.path}/{file_name} is {len(name)} characters; "

@@ -580,7 +580,7 @@ async def upload_tree(storage: Storage, root: str, version: str, *, extensions: 
 
 
 def _finish(report: UploadReport, up: _Uploader, crawler: Crawler, started: float) -> None:
-    report.failures = list(up.failures) + [Failure(p.path, p.reason, "skipped") for p in crawler.problems]
+    report.failures = list(up.failures) + [Failure(p.path, p.reason, p.kind) for p in crawler.problems]
     report.duplicates = up.duplicates
     report.files_ignored = crawler.ignored
     sets = report.sets
