@@ -161,7 +161,7 @@ _file = st.tuples(st.lists(_dir_name, max_size=2), _stem)
 
 
 def _printable(path: bytes) -> str:
-    """What the CLI shows for a path: controls escaped, a byte that is not UTF-8 as \\xNN (SPEC: one line)."""
+    """What the CLI shows for a path: controls (C0, DEL, C1) escaped, a non-UTF-8 byte as \\xNN (one line)."""
     out = []
     for ch in os.fsdecode(path):
         code = ord(ch)
@@ -171,6 +171,8 @@ def _printable(path: bytes) -> str:
             out.append({"\t": "\\t", "\n": "\\n", "\r": "\\r"}[ch])
         elif code < 0x20 or code == 0x7F:
             out.append(f"\\x{code:02x}")
+        elif 0x80 <= code < 0xA0:  # the C1 block (U+009B is ESC [ to some terminals)
+            out.append(f"\\u{code:04x}")
         else:
             out.append(ch)
     return "".join(out)
