@@ -11,7 +11,9 @@ import csv
 import io
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -31,7 +33,8 @@ from .transform import TransformReport
 from .upload import UploadReport
 
 F = TypeVar("F", bound=Callable[..., Any])
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 # ----- shared option stacks ------------------------------------------------------------------
@@ -75,19 +78,55 @@ def _err(message: str) -> None:
 T = TypeVar("T")
 
 
+class _Stop:
+    """The stop signal a command received (SIGINT or SIGTERM), and the task it cancelled."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.task: asyncio.Task[Any] | None = None
+
+    def handle(self, signum: int, _frame: object) -> None:
+        # the first signal cancels the command's task: the library stops its work in flight, cleans up
+        # (temporary files, worker processes) and leaves the report saying what was done. A repeat is
+        # ignored: the stop is already under way, and cutting it short could leave a partial file.
+        if self.signum is not None:
+            return
+        self.signum = signum
+        if self.loop is not None and self.task is not None:
+            self.loop.call_soon_threadsafe(self.task.cancel)
+
+    async def run(self, make: Callable[[], Awaitable[T]]) -> T:
+        self.loop, self.task = asyncio.get_running_loop(), asyncio.current_task()
+        if self.signum is not None:  # it came before the loop started
+            raise asyncio.CancelledError
+        return await make()
+
+
 def _run(make: Callable[[], Awaitable[T]], on_interrupt: Callable[[], None] | None = None) -> T:
-    """Run the library call; map its exceptions to a one-line message and exit code, once."""
+    """Run the library call; map its exceptions to a one-line message and exit code, once.
+
+    SIGINT (Ctrl-C) and SIGTERM stop it the same way: the running call is cancelled, what finished is
+    stored and summarised (``on_interrupt``), and the exit code is 130 or 143 (128 + the signal)."""
+    stop = _Stop()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():  # the only thread that may set handlers
+        previous = {sig: signal.signal(sig, stop.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return asyncio.run(make())  # type: ignore[arg-type]
+        # asyncio.run waits for the threads it started before returning, so nothing runs on after the summary
+        return asyncio.run(stop.run(make))
     except CorpusError as exc:
         _err(_printable(f"Error: {exc}"))  # one line, whatever path or name the message holds
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+    except (asyncio.CancelledError, KeyboardInterrupt) as exc:
+        if isinstance(exc, asyncio.CancelledError) and stop.signum is None:
+            raise  # not a stop signal: a bug, not an interrupt
         if on_interrupt is not None:
             on_interrupt()
-        _err("Interrupted: work in flight was stopped; what finished is stored. Rerun the same command "
+        stopped = "Terminated (SIGTERM)" if stop.signum == signal.SIGTERM else "Interrupted"
+        _err(f"{stopped}: work in flight was stopped; what finished is stored. Rerun the same command "
              "to finish the rest.")
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(EXIT_TERMINATED if stop.signum == signal.SIGTERM else EXIT_INTERRUPTED)
     except Exception as exc:  # a bug: say so in one line; the traceback only on request (it may hold URLs)
         if os.environ.get("CORPUS_DEBUG"):
             import traceback
@@ -95,6 +134,9 @@ def _run(make: Callable[[], Awaitable[T]], on_interrupt: Callable[[], None] | No
             _err(traceback.format_exc())
         _err(f"Internal error: {exc.__class__.__name__}: {exc} (set CORPUS_DEBUG=1 for the traceback)")
         sys.exit(1)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _print_json(data: Any) -> None:

@@ -18,13 +18,21 @@ import csv
 import hashlib
 import json
 import os
+import queue
 import re
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+try:
+    import fcntl  # POSIX: a temporary file's owner holds a lock on it (see _remove_if_abandoned)
+except ImportError:  # Windows refuses to delete a file another process has open, which serves the same end
+    fcntl = None  # type: ignore[assignment]
 
 from .errors import ConfigError, CorpusError
 from .query import QueryFilter, SetRow, query_sets
@@ -78,8 +86,17 @@ def local_target(out_root: Path, blob_name: str) -> Path:
 
 def temp_path(target: Path) -> Path:
     """A fresh hidden temporary name beside ``target``, of fixed length (22 bytes): deriving it from the
-    target's name would push a name of 241-255 bytes past the file system's limit of 255."""
+    target's name would push a name of 241-255 bytes past the file system's limit of 255.
+    ``is_temp_name`` recognises it, so a rerun can remove what a killed run left: keep the two together."""
     return target.with_name(f".{uuid.uuid4().hex[:16]}.part")
+
+
+_TEMP_NAME = re.compile(r"\.[0-9a-f]{16}\.part")
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is one ``temp_path`` makes."""
+    return _TEMP_NAME.fullmatch(name) is not None
 
 
 def manifest_kind(path: str) -> str:
@@ -184,6 +201,138 @@ def _md5_file(path: Path) -> tuple[str, int] | None:
         return None
 
 
+def _remove_if_abandoned(path: Path) -> bool:
+    """Unlink a temporary file of ours that no live run owns (its owner died: SIGKILL, power loss).
+    An owner holds an exclusive ``flock`` on its file until the file is renamed or unlinked, and the kernel
+    drops the lock when the owner's process dies, so a lock we can take means an abandoned file; a file
+    another run is writing right now is left alone."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return False
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return False  # its owner is alive
+        # still the file we locked (not one made since under the same name)
+        if not os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=False)):
+            return False
+        path.unlink()  # on Windows this fails while another process has the file open: alive
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+class _Commit:
+    def __init__(self, expected_md5: str | None) -> None:
+        self.expected_md5 = expected_md5
+
+
+_ABORT = object()
+
+
+class _Aborted(Exception):
+    """The download ended (failed, cancelled) before its verdict: the owner removes the file."""
+
+
+class _TempFile:
+    """One download's temporary file, owned by one thread from creation to rename or unlink.
+
+    The event loop only hands it chunks (``write``), then a verdict: ``commit`` (with the MD5 the bytes must
+    have) or ``abort``. The owning thread (``_own``, one call in the downloader's writer pool) creates the
+    file beside the target, writes and hashes the chunks, and ends by renaming it into place and counting
+    it, or by unlinking it: whatever happens, in that one call. A cancel on the loop (Ctrl-C, SIGTERM) can
+    only send ``abort``; it can never strand a file a thread creates after the task has left (as an
+    abandoned ``to_thread(open)`` once did), nor count a file that is not there, nor miss one that is:
+    ``asyncio.run`` returns only once the owners are done, so the summary sees the final count.
+
+    At most one chunk waits for the owner, so a download holds about two chunks, whatever the blob's size.
+    """
+
+    def __init__(self, downloader: _Downloader, target: Path) -> None:
+        self.downloader = downloader
+        self.target = target
+        self.loop = asyncio.get_running_loop()
+        self.messages: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self.room = asyncio.Semaphore(1)
+        self.done: asyncio.Future[tuple[str, int]] | None = None
+        self.error: BaseException | None = None  # set by the owner when it failed: the writer stops
+
+    def _start(self) -> None:
+        if self.done is None:
+            self.done = asyncio.wrap_future(self.downloader.writers.submit(self._own))
+            # an aborted download never awaits its owner: its error is known, and not worth a log line
+            self.done.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    async def write(self, chunk: bytes) -> None:
+        await self.room.acquire()
+        if self.error is not None:
+            raise self.error
+        self._start()
+        self.messages.put(chunk)
+
+    async def commit(self, expected_md5: str | None) -> tuple[str, int]:
+        """The MD5 hex and size of the file now in place; raises (and leaves nothing) if it is not whole."""
+        self._start()
+        self.messages.put(_Commit(expected_md5))
+        assert self.done is not None
+        return await self.done
+
+    def abort(self) -> None:
+        """No await: safe in any cleanup path. Nothing to do when no owner was started (no file exists)."""
+        if self.done is not None:
+            self.messages.put(_ABORT)
+
+    def _release(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits for room any more
+            self.loop.call_soon_threadsafe(self.room.release)
+
+    def _own(self) -> tuple[str, int]:
+        """The owner: runs in a writer thread, once, from the first message to the verdict."""
+        h = hashlib.md5(usedforsecurity=False)
+        size = 0
+        temp: Path | None = None
+        fh: IO[bytes] | None = None
+        try:
+            message = self.messages.get()
+            if message is _ABORT:
+                raise _Aborted  # the download stopped before anything was written
+            temp, fh = self.downloader.create_temp(self.target)
+            while not isinstance(message, _Commit):
+                if message is _ABORT:
+                    raise _Aborted
+                assert isinstance(message, bytes)
+                fh.write(message)
+                h.update(message)
+                size += len(message)
+                self._release()
+                message = self.messages.get()
+            # the blob may have been replaced since the listing: its own Content-MD5 is the authority
+            if h.hexdigest() != message.expected_md5:
+                raise ChecksumMismatch(f"downloaded content has MD5 {h.hexdigest()} but the blob's Content-MD5 "
+                                       f"is {message.expected_md5}; not written")
+            fh.flush()
+            # renamed while still open and locked, so no other run's cleanup can take it meanwhile; counted
+            # in the same step, so the summary's count is the files that are there
+            os.replace(temp, self.target)
+            temp = None
+            self.downloader.count_downloaded(size)
+            return h.hexdigest(), size
+        except BaseException as exc:
+            self.error = exc
+            self._release()  # a writer waiting for room wakes and stops
+            if temp is not None:
+                _unlink_quietly(temp)
+            raise
+        finally:
+            if fh is not None:
+                fh.close()
+
+
 class _Downloader:
     def __init__(self, storage: Storage, out_root: Path, limit: int, progress: ProgressSink,
                  report: DownloadReport) -> None:
@@ -192,6 +341,11 @@ class _Downloader:
         self.limit = limit
         self.progress = progress
         self.report = report
+        # the temporary files' owners: their own threads, since an owner waits for its download's chunks,
+        # and anything the downloads need from the default executor (DNS) must never queue behind them
+        self.writers = ThreadPoolExecutor(max_workers=min(limit, 32), thread_name_prefix="corpus-download")
+        self.lock = threading.Lock()  # the counts the owners update, and the set of swept directories
+        self.swept: set[Path] = set()
 
     async def listed(self, sets: list[SetRow]) -> AsyncIterator[tuple[SetRow, BlobInfo]]:
         """Each set's blobs, as its listing arrives (listings overlap the downloads of earlier sets)."""
@@ -215,44 +369,66 @@ class _Downloader:
         target = local_target(self.out_root, blob.name)
         if not blob.md5_hex:
             raise ChecksumMismatch("the blob has no Content-MD5 to check against; not downloaded")
-        local = await asyncio.to_thread(_md5_file, target)
+        local = await asyncio.to_thread(self.inspect, target)
         if local == (blob.md5_hex, blob.size):
             self.report.files_present += 1
             return "present", self.record(row, target, blob.name, blob.size, blob.md5_hex)
         md5_hex, size = await self.fetch(blob, target)
         return "downloaded", self.record(row, target, blob.name, size, md5_hex)
 
-    async def fetch(self, blob: BlobInfo, target: Path) -> tuple[str, int]:
-        await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
-        temp = temp_path(target)
-        h = hashlib.md5(usedforsecurity=False)
-        size = 0
-        fh = await asyncio.to_thread(open, temp, "xb")
-        try:
-            async def write(chunk: bytes) -> None:
-                nonlocal size
-                h.update(chunk)
-                size += len(chunk)
-                await asyncio.to_thread(fh.write, chunk)
+    def inspect(self, target: Path) -> tuple[str, int] | None:
+        """(In a thread.) Sweep the target's directory, the first time this run meets it; then the MD5
+        and size of the file already there, if any."""
+        self.sweep(target.parent)
+        return _md5_file(target)
 
+    def sweep(self, directory: Path) -> None:
+        """Remove the temporary files earlier runs left in ``directory`` when they were killed."""
+        with self.lock:
+            if directory in self.swept:
+                return
+            self.swept.add(directory)
+        try:
+            with os.scandir(directory) as entries:
+                stale = [Path(e.path) for e in entries if is_temp_name(e.name) and e.is_file(follow_symlinks=False)]
+        except OSError:
+            return  # not there yet: nothing to sweep
+        for path in stale:
+            _remove_if_abandoned(path)
+
+    def create_temp(self, target: Path) -> tuple[Path, IO[bytes]]:
+        """(In the owner's thread.) A new temporary file beside ``target``, open and locked by its owner."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            temp = temp_path(target)
+            fh = open(temp, "xb")  # noqa: SIM115 (its owner closes it)
             try:
-                props = await self.storage.download_to(blob.name, write)
-            finally:
-                await asyncio.to_thread(fh.close)
-            # the blob may have been replaced since the listing: its own Content-MD5 is the authority
-            expected = props.md5_hex or blob.md5_hex
-            if h.hexdigest() != expected:
-                raise ChecksumMismatch(f"downloaded content has MD5 {h.hexdigest()} but the blob's Content-MD5 "
-                                       f"is {expected}; not written")
-            # On the loop, and counted in the same step: a rename in a thread could land after a Ctrl-C
-            # cancelled its await, leaving a file the report does not count. A rename is a metadata write.
-            os.replace(temp, target)
+                if fcntl is None:
+                    return temp, fh
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX)  # waits only while another run's sweep looks at it
+                if os.path.samestat(os.fstat(fh.fileno()), os.stat(temp, follow_symlinks=False)):
+                    return temp, fh
+            except FileNotFoundError:
+                pass
+            except BaseException:
+                fh.close()
+                _unlink_quietly(temp)
+                raise
+            fh.close()  # another run's sweep removed it before the lock was ours: make another
+
+    def count_downloaded(self, size: int) -> None:
+        with self.lock:
             self.report.files_downloaded += 1
             self.report.bytes_downloaded += size
+
+    async def fetch(self, blob: BlobInfo, target: Path) -> tuple[str, int]:
+        owner = _TempFile(self, target)
+        try:
+            props = await self.storage.download_to(blob.name, owner.write)
+            return await owner.commit(props.md5_hex or blob.md5_hex)
         except BaseException:
-            await asyncio.to_thread(_unlink_quietly, temp)
+            owner.abort()
             raise
-        return h.hexdigest(), size
 
     @staticmethod
     def record(row: SetRow, target: Path, name: str, size: int, md5_hex: str) -> FileRecord:
@@ -356,6 +532,10 @@ async def download_sets(storage: Storage, out: str, filters: QueryFilter | None 
         report.interrupted = True  # files in flight were dropped with their temporary files
         raise
     finally:
+        # every owner has its verdict by now (each download ended, in its own except if cancelled): wait
+        # for them to act on it, so the counts are final; in a thread, which asyncio.run waits for even
+        # if this wait is cancelled
+        await asyncio.to_thread(dl.writers.shutdown)
         report.records.sort(key=lambda r: r.blob_name)
         report.failures.sort(key=lambda f: (f.kind, f.item))
         report.elapsed = time.perf_counter() - started

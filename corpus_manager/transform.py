@@ -381,7 +381,8 @@ async def run_transform(storage: Storage, name: str, version: str, spec: Spec, *
     report.command_line, report.source, report.dry_run, report.workers = (
         spec.command_line(), source_label, dry_run, workers)
     started = time.perf_counter()
-    own_pool = pool is None
+    own_pool: transforms.WorkerPool | None = None  # a pool made here is stopped here
+    finished = False
     try:
         # A transform reads an existing corpus: it never creates one (a typo in --corpus is refused like
         # query's), and every check that can refuse the run (exit 2) reads only, so it writes nothing.
@@ -419,7 +420,7 @@ async def run_transform(storage: Storage, name: str, version: str, spec: Spec, *
                                  max_parallel_upserts=max_parallel_upserts)
             return report
         if pool is None:
-            pool = transforms.create_pool(workers)
+            pool = own_pool = transforms.create_pool(workers)
         if not registered:
             # the ImageMagick version is the workers' (the parent never loads wand)
             im_version = await asyncio.get_running_loop().run_in_executor(pool, transforms.imagemagick_version)
@@ -445,9 +446,14 @@ async def run_transform(storage: Storage, name: str, version: str, spec: Spec, *
             report.interrupted = True
             report.sets.extend(outcomes.values())  # every unfinished set, started or not: the rerun does them
             raise
+        finished = True
         return report
     finally:
         report.sets.sort(key=lambda s: (s.path, s.version))
         report.elapsed = time.perf_counter() - started
-        if own_pool and pool is not None:
-            pool.shutdown(wait=not report.interrupted, cancel_futures=True)
+        if own_pool is not None and finished:
+            own_pool.shutdown()  # its workers are idle: they exit
+        elif own_pool is not None:
+            # interrupted or failed: kill the workers now rather than wait for images nobody will read (up to
+            # the per-image time limit each); no worker process outlives the run
+            own_pool.terminate_workers()

@@ -24,6 +24,7 @@ from transforms.registry import OpContext, Operation, operation, operations
 from transforms.spec import Op, Spec, parse_op, spec_from_args
 from transforms.worker import (
     TransformResult,
+    WorkerPool,
     apply_spec,
     colliding_outputs,
     create_pool,
@@ -46,6 +47,7 @@ __all__ = [
     "Spec",
     "SpecError",
     "TransformResult",
+    "WorkerPool",
     "apply_policy",
     "apply_spec",
     "colliding_outputs",

@@ -10,20 +10,18 @@ processes only. Everything passed in and out is plain data (str, bytes, a datacl
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import os
 import posixpath
-import signal
 import warnings
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 
 from transforms.errors import ImageError
 from transforms.imagetypes import CONTENT_TYPES, EXTENSIONS, KNOWN_EXTENSIONS
 from transforms.policy import Limits, apply_policy, current_limits, policy_status
+from transforms.pool import WorkerPool
 from transforms.registry import OpContext, get_operation
 from transforms.spec import Spec
 
@@ -46,66 +44,16 @@ def init_worker(limits: Limits | None = None) -> None:
     apply_policy(limits)
 
 
-def _init_pool_worker(limits: Limits | None) -> None:
-    """`init_worker` for a pool process, which also ignores SIGINT: Ctrl-C in a terminal reaches the whole
-    process group, and a worker dying of it mid-image would break the pool; the parent alone decides
-    what an interrupt means (it cancels the work and shuts the pool down)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    init_worker(limits)
-
-
-class WorkerPool(ProcessPoolExecutor):
-    """A ProcessPoolExecutor whose workers never see Ctrl-C and can be abandoned at once.
-
-    Workers are spawned on demand inside `submit`; SIGINT is blocked in the submitting thread meanwhile,
-    and a blocked mask survives fork and exec, so a worker still importing its modules when Ctrl-C
-    arrives does not die with a traceback (the signal stays pending in the parent, never lost).
-    """
-
-    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
-        if not hasattr(signal, "pthread_sigmask"):
-            return super().submit(fn, *args, **kwargs)
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:
-            return super().submit(fn, *args, **kwargs)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """``shutdown(wait=False, cancel_futures=True)`` abandons the pool (an interrupted run: nobody
-        will read the images in flight): the workers are terminated and reaped now instead of finishing
-        their images, which may take up to the per-image time limit, so Ctrl-C stops within seconds
-        and leaves no orphan process."""
-        if wait or not cancel_futures:
-            super().shutdown(wait=wait, cancel_futures=cancel_futures)
-            return
-        # private attributes (Python 3.14 has terminate_workers()); shutdown() drops them, so read first
-        processes = list((getattr(self, "_processes", None) or {}).values())
-        manager = getattr(self, "_executor_manager_thread", None)
-        super().shutdown(wait=False, cancel_futures=True)
-        for p in processes:
-            with contextlib.suppress(Exception):
-                p.terminate()
-        for p in processes:
-            with contextlib.suppress(Exception):
-                p.join(5)
-        if manager is not None:
-            manager.join(5)
-
-
-def create_pool(workers: int | None = None, limits: Limits | None = None) -> ProcessPoolExecutor:
-    """A process pool ready for `apply_spec` (a `WorkerPool`: workers ignore Ctrl-C).
+def create_pool(workers: int | None = None, limits: Limits | None = None) -> WorkerPool:
+    """A process pool ready for `apply_spec`: a `WorkerPool` (transforms.pool), whose workers ignore Ctrl-C
+    and SIGTERM (the parent decides) and which `terminate_workers()` stops at once.
 
     'spawn' so that workers start without the parent's ImageMagick state: a forked child would inherit
     an already-initialised ImageMagick (no policy file) and possibly OpenMP threads that do not survive
     fork.
     """
-    return WorkerPool(
-        max_workers=workers or os.cpu_count() or 1,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_init_pool_worker,
-        initargs=(limits,),
-    )
+    return WorkerPool(workers or os.cpu_count() or 1, mp_context=multiprocessing.get_context("spawn"),
+                      initializer=init_worker, initargs=(limits,))
 
 
 @lru_cache(maxsize=32)
@@ -201,6 +149,7 @@ def colliding_outputs(file_names: Iterable[str], spec: Spec) -> dict[str, list[s
 __all__ = [
     "ImageError",
     "TransformResult",
+    "WorkerPool",
     "apply_spec",
     "colliding_outputs",
     "create_pool",
