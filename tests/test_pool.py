@@ -111,7 +111,8 @@ def test_workers_exit_when_their_parent_is_killed(tmp_path: Path) -> None:
         "    futures = [pool.submit(os.getpid) for _ in range(2)]\n"
         "    [f.result() for f in futures]\n"
         "    print(*[p.pid for p in multiprocessing.active_children()], flush=True)\n"
-        "    time.sleep(600)\n")
+        "    time.sleep(600)\n"
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
     try:

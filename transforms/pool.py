@@ -129,14 +129,21 @@ class _Worker:
 class WorkerPool(Executor):
     """See the module docstring. ``shutdown`` is the standard one; ``terminate_workers`` kills at once."""
 
-    def __init__(self, max_workers: int | None = None, *, mp_context: BaseContext | None = None,
-                 initializer: Callable[..., object] | None = None, initargs: tuple[Any, ...] = ()) -> None:
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        *,
+        mp_context: BaseContext | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+    ) -> None:
         max_workers = max_workers or os.cpu_count() or 1
         if max_workers < 1:
             raise ValueError("max_workers must be at least 1")
         self._max_workers = max_workers
         # spawn by default: a forked child would inherit the parent's threads and library state
-        self._context = mp_context or multiprocessing.get_context("spawn")
+        # Any: typeshed's BaseContext has no Process (each concrete context has its own)
+        self._context: Any = mp_context or multiprocessing.get_context("spawn")
         self._initializer, self._initargs = initializer, initargs
         self._lock = threading.Lock()
         self._pending: deque[_Task] = deque()  # guarded by _lock; everything else is the dispatcher's
@@ -222,8 +229,8 @@ class WorkerPool(Executor):
         while pending > len(idle) + starting and len(self._workers) < self._max_workers:
             self._start_worker()
             starting += 1
-        for worker in idle:
-            self._hand_out(worker)
+        for idle_worker in idle:
+            self._hand_out(idle_worker)
         busy = any(w.task is not None for w in self._workers)
         if closing and not busy:
             with self._lock:
@@ -247,8 +254,9 @@ class WorkerPool(Executor):
 
     def _start_worker(self) -> None:
         parent_end, child_end = multiprocessing.Pipe()
-        process = self._context.Process(target=_worker_main, args=(child_end, self._initializer, self._initargs),
-                                        name="worker-pool-process")
+        process = self._context.Process(
+            target=_worker_main, args=(child_end, self._initializer, self._initargs), name="worker-pool-process"
+        )
         if os.name == "posix" and self._context.get_start_method() != "fork":
             # the tracker is started by the first start() otherwise, and starting it unblocks both signals in
             # the calling thread just before that first worker is forked

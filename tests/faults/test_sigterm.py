@@ -44,7 +44,7 @@ def _descendants(pid: int) -> dict[int, str]:
                 stat = (entry / "stat").read_text()
             except OSError:
                 continue
-            fields = stat[stat.rindex(")") + 2:].split()  # the command name may hold spaces and ')'
+            fields = stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces and ')'
             if fields[0] != "Z":
                 parents[int(entry.name)] = int(fields[1])
     found: set[int] = set()
@@ -55,7 +55,7 @@ def _descendants(pid: int) -> dict[int, str]:
     out = {}
     for p in found:
         try:
-            out[p] = (Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+            out[p] = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
     return out
@@ -91,8 +91,10 @@ def _finish(proc: subprocess.Popen[str]) -> tuple[str, str]:
         return proc.communicate(timeout=WAIT)
     except subprocess.TimeoutExpired:
         proc.kill()
-        raise AssertionError(f"the command's stdout/stderr stayed open {WAIT} s after the signal: a process of "
-                             f"it is still alive (exit {proc.poll()})") from None
+        raise AssertionError(
+            f"the command's stdout/stderr stayed open {WAIT} s after the signal: a process of "
+            f"it is still alive (exit {proc.poll()})"
+        ) from None
 
 
 # ----- download --------------------------------------------------------------------------------
@@ -125,8 +127,9 @@ def _cancel_at_temp_file(n: int, out: Path, conn: str, corpus: str) -> DownloadR
     return report
 
 
-def test_a_cancel_at_any_point_of_a_download_leaves_no_temporary_file(conn: str, corpus_name: str,
-                                                                      tmp_path: Path) -> None:
+def test_a_cancel_at_any_point_of_a_download_leaves_no_temporary_file(
+    conn: str, corpus_name: str, tmp_path: Path
+) -> None:
     """Cancelled as the 1st, 2nd, ... 40th temporary file appears, i.e. while a file is being created
     (the old `to_thread(open)` left the file when the cancel came before the task resumed: 39 of these 40
     runs did), with the other downloads in flight at every other stage. Whatever it hit, no temporary file
@@ -150,7 +153,8 @@ def test_a_cancel_at_any_point_of_a_download_leaves_no_temporary_file(conn: str,
 
 
 def test_sigterm_during_download_exits_143_with_a_summary_no_temporary_file_and_the_rerun_sweeps_stale_ones(
-        conn: str, corpus_name: str, tmp_path: Path) -> None:
+    conn: str, corpus_name: str, tmp_path: Path
+) -> None:
     root = tmp_path / "photos"
     for d in range(4):
         for i in range(60):
@@ -158,17 +162,20 @@ def test_sigterm_during_download_exits_143_with_a_summary_no_temporary_file_and_
     _upload(conn, corpus_name, root)
     out = tmp_path / "out"
     cmd = [*CLI, "download", "--out", str(out), "--max-parallel-downloads", "4"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     _wait_for(lambda: len(_files(out)) >= 10, "the download getting going", proc)
     os.kill(proc.pid, signal.SIGTERM)  # to the process alone, as `kill PID`, `timeout` or a service manager do
     out_text, err = _finish(proc)
     assert proc.returncode == 143, err
     lines = out_text.splitlines()
-    assert lines[0] == (f"Interrupted: download to {out} stopped; every file there is whole (checked against its "
-                        "MD5) and a rerun downloads only the rest")
-    assert ("Terminated (SIGTERM): work in flight was stopped; what finished is stored. Rerun the same command to "
-            "finish the rest.") in err
+    assert lines[0] == (
+        f"Interrupted: download to {out} stopped; every file there is whole (checked against its "
+        "MD5) and a rerun downloads only the rest"
+    )
+    assert (
+        "Terminated (SIGTERM): work in flight was stopped; what finished is stored. Rerun the same command to "
+        "finish the rest."
+    ) in err
     assert "Traceback" not in err and KEY not in out_text + err, err
     assert not _temp_files(out), "a temporary file was left behind"
     got = int(lines[1].split()[1])
@@ -192,8 +199,9 @@ def test_sigterm_during_download_exits_143_with_a_summary_no_temporary_file_and_
         rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         assert live.exists(), "the sweep removed a temporary file a live run owns"
     assert rerun.returncode == 0, rerun.stderr
-    assert rerun.stdout.splitlines()[1] == (f"  files       {240 - got} downloaded, {got} already present, "
-                                            "0 failed, 0 refused")
+    assert rerun.stdout.splitlines()[1] == (
+        f"  files       {240 - got} downloaded, {got} already present, 0 failed, 0 refused"
+    )
     assert not stale.exists(), "the rerun left the temporary file of a killed run"
     assert users.read_text() == "mine"
     live.unlink()
@@ -202,10 +210,14 @@ def test_sigterm_during_download_exits_143_with_a_summary_no_temporary_file_and_
 
 
 # ----- transform -------------------------------------------------------------------------------
-@pytest.mark.parametrize(("signame", "to_group"), [("SIGTERM", False), ("SIGTERM", True), ("SIGINT", True)],
-                         ids=["sigterm-to-process", "sigterm-to-group", "sigint-to-group"])
+@pytest.mark.parametrize(
+    ("signame", "to_group"),
+    [("SIGTERM", False), ("SIGTERM", True), ("SIGINT", True)],
+    ids=["sigterm-to-process", "sigterm-to-group", "sigint-to-group"],
+)
 def test_a_stop_signal_during_transform_leaves_no_worker_nor_resource_tracker(
-        conn: str, corpus_name: str, tmp_path: Path, signame: str, to_group: bool) -> None:
+    conn: str, corpus_name: str, tmp_path: Path, signame: str, to_group: bool
+) -> None:
     """SIGTERM to the process alone used to kill it outright: its workers and the multiprocessing resource
     tracker lived on, holding the caller's stdout open. Now, whether the signal reaches the process or its
     whole group: exit 128 + the signal, the summary, and every helper process gone, so the caller's pipes
@@ -215,16 +227,20 @@ def test_a_stop_signal_during_transform_leaves_no_worker_nor_resource_tracker(
             unique_png(tmp_path / f"set{d}" / f"{i:03}.png", d * 1000 + i, size="128x128")
     _upload(conn, corpus_name, tmp_path)
     cmd = [*CLI, "transform", "soft", "--version", "1", "--op", "blur=4", "--op", "charcoal=2", "--workers", "2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    _wait_for(lambda: sum(n.startswith("transform/") for n in blobs(conn, corpus_name)) >= 4,
-              "the transform getting going", proc)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    _wait_for(
+        lambda: sum(n.startswith("transform/") for n in blobs(conn, corpus_name)) >= 4,
+        "the transform getting going",
+        proc,
+    )
     helpers: dict[int, str] = {}
 
     def both_workers_and_the_tracker() -> bool:
         helpers.update(_descendants(proc.pid))
-        return (sum("spawn_main" in c for c in helpers.values()) == 2
-                and sum("resource_tracker" in c for c in helpers.values()) == 1)
+        return (
+            sum("spawn_main" in c for c in helpers.values()) == 2
+            and sum("resource_tracker" in c for c in helpers.values()) == 1
+        )
 
     _wait_for(both_workers_and_the_tracker, "two workers and the resource tracker running", proc)
     sig = getattr(signal, signame)
@@ -234,7 +250,8 @@ def test_a_stop_signal_during_transform_leaves_no_worker_nor_resource_tracker(
         os.kill(proc.pid, sig)
     out, err = _finish(proc)
     assert proc.returncode == 128 + sig, err
-    assert out.splitlines()[0] == ("Interrupted: transform soft@1 is partly done; unfinished sets stay pending and "
-                                   "a rerun finishes them")
+    assert out.splitlines()[0] == (
+        "Interrupted: transform soft@1 is partly done; unfinished sets stay pending and a rerun finishes them"
+    )
     assert "Rerun the same command to finish the rest." in err and "Traceback" not in err, err
     _wait_for(lambda: not [p for p in helpers if _alive(p)], f"every helper process exiting: {helpers}")
