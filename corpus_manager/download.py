@@ -8,6 +8,8 @@ character on Windows) are refused, and the resolved path (symbolic links followe
 OUT. A file already there with the blob's size and MD5 is kept; anything else is streamed to a
 temporary file beside the target, hashed as it arrives, checked against the blob's Content-MD5 and
 only then renamed into place, so a target is never half-written and a mismatch never passes silently.
+One thread owns each temporary file from creation to rename or unlink (``_TempFile``), so no cancel can
+strand one; a rerun removes those a killed run left (``_remove_if_abandoned``).
 """
 
 from __future__ import annotations
@@ -248,7 +250,8 @@ class _TempFile:
     it, or by unlinking it: whatever happens, in that one call. A cancel on the loop (Ctrl-C, SIGTERM) can
     only send ``abort``; it can never strand a file a thread creates after the task has left (as an
     abandoned ``to_thread(open)`` once did), nor count a file that is not there, nor miss one that is:
-    ``asyncio.run`` returns only once the owners are done, so the summary sees the final count.
+    ``download_sets`` ends only once every owner is done (even when cancelled: it waits in a thread that
+    ``asyncio.run`` waits for), so the summary sees the final count.
 
     At most one chunk waits for the owner, so a download holds about two chunks, whatever the blob's size.
     """
