@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .errors import Conflict, CorpusError
@@ -18,6 +19,8 @@ from .results import Failure
 from .storage import TAG_BATCH, Storage
 from .throttle import ThrottleWork
 
+# a conditional merge of one ImageSets row: (entity, ETag or None) -> its new ETag
+SetUpdate = Callable[[dict[str, Any], str | None], Awaitable[str | None]]
 REPAIR_HINT = ("the set is complete but not found by tag until `corpus status --repair` (or the same upload "
                "rerun) indexes it")
 
@@ -59,9 +62,12 @@ class TagIndexWriter:
     """
 
     def __init__(self, storage: Storage, upserts: ThrottleWork, *, max_rows: int = 2000,
-                 max_delay: float = 2.0) -> None:
+                 max_delay: float = 2.0, update_set: SetUpdate | None = None) -> None:
         self.storage = storage
         self.upserts = upserts
+        # how the Indexed flags are written: the run's group-committed set rows when given (the flags
+        # of the sets a flush completes then share transactions), else one request each
+        self.update_set = update_set
         self.max_rows = max_rows
         self.max_delay = max_delay
         self.failures: list[Failure] = []
@@ -144,8 +150,11 @@ class TagIndexWriter:
         try:
             for _attempt in range(3):
                 try:
-                    image_set.etag = await self.upserts.run(
-                        lambda e=etag: self.storage.update_entity(self.storage.sets, flag, etag=e))
+                    if self.update_set is not None:
+                        image_set.etag = await self.update_set(flag, etag)
+                    else:
+                        image_set.etag = await self.upserts.run(
+                            lambda e=etag: self.storage.update_entity(self.storage.sets, flag, etag=e))
                     break
                 except Conflict:
                     # another run touched the row meanwhile (e.g. completed the same set): our rows still

@@ -18,7 +18,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .crawler import Crawler, DirGroup, LocalFile
-from .errors import ConfigError, Conflict, CorpusError, CorruptRow, ImmutableSetError
+from .errors import (
+    AuthenticationFailed,
+    ConfigError,
+    Conflict,
+    CorpusError,
+    CorruptRow,
+    ImmutableSetError,
+    StorageUnavailable,
+)
 from .imagetypes import CONTENT_TYPES, NotAnImage, sniff
 from .models import COMPLETE, ORIGINAL_PARTITION, PENDING, ImageSet, SetIdentity, check_name, content_digest
 from .results import Failure, NullProgress, ProgressSink
@@ -161,7 +169,8 @@ class _SetRows:
 
     Each write keeps its meaning for its caller: a create raises Conflict when its row exists, a
     conditional update raises Conflict when its row changed since its ETag. A transaction refused for
-    one of its writes stores none of them and is replayed one request per write.
+    one of its writes (whatever the reason) stores none of them and is replayed one request per write,
+    so one bad write never fails the other sets of its transaction.
     """
 
     def __init__(self, storage: Storage, upserts: ThrottleWork) -> None:
@@ -215,12 +224,15 @@ class _SetRows:
                     writes = [(kind, entity, etag) for kind, entity, etag, _ in batch]
                     try:
                         etags = await self.upserts.run(lambda w=writes: self.storage.write_rows(self.storage.sets, w))
-                    except Conflict:
-                        await asyncio.gather(*(self._one(item) for item in batch))
-                    except Exception as exc:  # each caller gets what its own write would have raised
-                        for *_, done in batch:
+                    except (StorageUnavailable, AuthenticationFailed) as exc:
+                        for *_, done in batch:  # every write would fail alike: no replay
                             if not done.done():
                                 done.set_exception(exc)
+                    except Exception:
+                        # one write was refused (an existing row, a changed ETag, a value the table
+                        # cannot store...) and the transaction stored none: each write again on its
+                        # own, so only the bad one fails and its caller gets its own error
+                        await asyncio.gather(*(self._one(item) for item in batch))
                     else:
                         for (*_, done), etag in zip(batch, etags, strict=True):
                             if not done.done():
@@ -457,8 +469,9 @@ class _Uploader:
         self.uploads = ThrottleWork(uploads)
         self.upserts = ThrottleWork(upserts)
         self.set_rows = _SetRows(storage, self.upserts)
-        # tag rows batched across sets; a set is flagged Indexed once its rows are stored
-        self.tag_index = TagIndexWriter(storage, self.upserts)
+        # tag rows batched across sets; a set is flagged Indexed once its rows are stored, the flags
+        # group-committed with the other set rows
+        self.tag_index = TagIndexWriter(storage, self.upserts, update_set=self.set_rows.update)
         self.progress = progress
         self.existing: dict[SetIdentity, ImageSet] = {}
         self.failures: list[Failure] = []
