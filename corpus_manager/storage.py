@@ -27,7 +27,7 @@ import random
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -716,23 +716,27 @@ class Storage:
             await table.delete_entity(pk, rk)
 
     async def write_rows(self, table: TableClient,
-                         writes: list[tuple[str, Mapping[str, Any], str | None]]) -> list[str | None]:
-        """One entity group transaction of ("create" | "update", row, etag) writes to rows of one partition
-        (at most TAG_BATCH, each row once); returns each row's new ETag. An update merges, conditional on
-        its ETag when given. When any write is refused the transaction writes nothing and raises what that
-        write alone would have (Conflict for an existing row or a changed ETag, NotFound, StorageError)."""
+                         writes: Sequence[tuple[str, Mapping[str, Any], str | None]]) -> list[str | None]:
+        """One entity group transaction of ("create" | "update" | "upsert", row, etag) writes to rows of one
+        partition (at most TAG_BATCH, each row once); returns each row's new ETag. An update merges,
+        conditional on its ETag when given (else on the row existing); an upsert inserts or replaces.
+        When any write is refused the transaction writes nothing and raises what that write alone would
+        have (Conflict for an existing row or a changed ETag, NotFound, StorageError)."""
         what = f"{table.table_name} batch in partition {writes[0][1]['PartitionKey']}"
         with self._table_op(what):
             self.stats.entity_writes += len(writes)
             if self._thin_tables:
                 return await self._batch_write(table, what, [
                     ("POST", table.table_name, entity, None) if kind == "create"
+                    else ("PUT", _entity_path(table, entity), entity, None) if kind == "upsert"
                     else ("MERGE", _entity_path(table, entity), entity, etag or "*")
                     for kind, entity, etag in writes])
             ops: list[Any] = []
             for kind, entity, etag in writes:
                 if kind == "create":
                     ops.append(("create", sdk_entity(entity)))
+                elif kind == "upsert":
+                    ops.append(("upsert", sdk_entity(entity), {"mode": UpdateMode.REPLACE}))
                 elif etag:
                     ops.append(("update", sdk_entity(entity), {"mode": UpdateMode.MERGE, "etag": etag,
                                                                "match_condition": MatchConditions.IfNotModified}))
@@ -744,7 +748,7 @@ class Storage:
                 raise Conflict(f"{what}: {_code(exc)}") from None
             return [meta.get("etag") for meta in metas]
 
-    async def upsert_batch(self, table: TableClient, entities: list[Mapping[str, Any]]) -> None:
+    async def upsert_batch(self, table: TableClient, entities: Sequence[Mapping[str, Any]]) -> None:
         """Upsert (insert-or-merge) rows of one partition, 100 per entity group transaction."""
         for start in range(0, len(entities), TAG_BATCH):
             chunk = entities[start:start + TAG_BATCH]

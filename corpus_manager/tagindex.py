@@ -16,6 +16,7 @@ from typing import Any
 from .errors import Conflict, CorpusError
 from .models import ImageSet, tag_rows
 from .results import Failure
+from .rowcommit import GroupCommit
 from .storage import TAG_BATCH, Storage
 from .throttle import ThrottleWork
 
@@ -37,16 +38,25 @@ async def write_tag_rows(storage: Storage, rows: list[dict[str, Any]], upserts: 
             await upserts.run(lambda c=chunk: storage.upsert_batch(storage.tags, c))
 
 
-async def index_set(storage: Storage, image_set: ImageSet, upserts: ThrottleWork) -> None:
-    """Write the set's tag rows, then flag it indexed."""
+async def index_set(storage: Storage, image_set: ImageSet, upserts: ThrottleWork, *,
+                    set_rows: GroupCommit | None = None, tag_writer: GroupCommit | None = None) -> None:
+    """Write the set's tag rows, then flag it indexed. With ``tag_writer`` and ``set_rows`` (a job's
+    group-committed TagIndex and ImageSets writes) its rows share transactions with other sets'."""
     if not image_set.is_complete:
         raise ValueError(f"set {image_set.identity} is not complete; it must not be indexed")
-    await write_tag_rows(storage, tag_rows(image_set), upserts)
+    rows = list({row["PartitionKey"]: row for row in tag_rows(image_set)}.values())  # "Red" and "red": one row
+    if tag_writer is not None:
+        await asyncio.gather(*(tag_writer.upsert(row) for row in rows))
+    else:
+        await write_tag_rows(storage, rows, upserts)
     ident = image_set.identity
     flag = {"PartitionKey": ident.partition_key, "RowKey": ident.row_key, "Indexed": True}
     # unconditional: tag rows and the flag are idempotent, so a concurrent run that indexed the same
     # complete set first is no conflict
-    image_set.etag = await upserts.run(lambda: storage.update_entity(storage.sets, flag, etag=None))
+    if set_rows is not None:
+        image_set.etag = await set_rows.update(flag, None)
+    else:
+        image_set.etag = await upserts.run(lambda: storage.update_entity(storage.sets, flag, etag=None))
     image_set.indexed = True
 
 
