@@ -301,14 +301,19 @@ def _fmt(x: float | None, unit: str = "x") -> str:
 
 
 def many_sets_ratio(samples: list[Sample], sizes: Sizes, contender: str) -> tuple[float, list[float]] | None:
-    """(e): wall of the many small sets / wall of the one set, per round (the two ran back to back),
-    and the median of those ratios; None when no round has both halves."""
+    """(e): the median wall of the many small sets / the median wall of the one set (the ratio the
+    table's other targets use: medians first), with each round's own ratio (the two halves of a round
+    ran back to back) to show the spread; None when a half never succeeded."""
     walls: dict[tuple[int, str], float] = {
         (s.round, s.scenario): s.wall for s in samples if s.contender == contender and s.ok}
     many, one = e_id(sizes.e_many), e_id(sizes.e_one)
-    ratios = [walls[(r, many)] / walls[(r, one)] for r in sorted({r for r, _ in walls})
+    many_walls = [w for (_, sc), w in walls.items() if sc == many]
+    one_walls = [w for (_, sc), w in walls.items() if sc == one]
+    if not many_walls or not one_walls:
+        return None
+    rounds = [walls[(r, many)] / walls[(r, one)] for r in sorted({r for r, _ in walls})
               if (r, many) in walls and (r, one) in walls and walls[(r, one)] > 0]
-    return (statistics.median(ratios), ratios) if ratios else None
+    return statistics.median(many_walls) / statistics.median(one_walls), rounds
 
 
 def targets(rows: list[Row], sizes: Sizes, corpus_names: list[str],
