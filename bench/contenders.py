@@ -2,9 +2,11 @@
 
 Every contender gets the same source tree, the same parallelism N and a container of its own:
 - ``corpus`` (and prototype variants): the CLI, ``--max-parallel-uploads N``, a fresh corpus name;
-- ``rclone copy --transfers N`` to a container-SAS remote (defaults otherwise: checksums on, Content-MD5
-  set on each blob, modtime kept in metadata, which is what it compares on a rerun);
-- ``azcopy copy --put-md5`` with ``AZCOPY_CONCURRENCY_VALUE=N``; its no-op rerun is ``azcopy sync``
+- ``rclone copy --transfers N --checkers N`` to a container-SAS remote (defaults otherwise: checksums on,
+  Content-MD5 set on each blob, modtime kept in metadata, which is what it compares on a rerun);
+- ``azcopy copy --put-md5`` with ``AZCOPY_CONCURRENCY_VALUE=N`` (its requests in flight: AzCopy's one
+  documented concurrency knob; its "advanced" pools default to 64 files being started, never the limit
+  at N <= 64, and 16 scanning goroutines, and are left alone); its no-op rerun is ``azcopy sync``
   (lists both sides and compares last-modified times, as rclone compares size and modtime), chosen
   over ``copy --overwrite=ifSourceNewer``, which asks the service about each file one at a time;
 - ``bare-put``: the minimal aiohttp PUT loop (bench/bareput.py), the physical limit.
@@ -143,6 +145,10 @@ class Rclone(Contender):
             str(src),
             f"dst:{t.container}",
             "--transfers",
+            str(ctx.parallel),
+            # a user who tunes one tunes both: rclone's default 8 checkers (parallel stat/compare ahead of
+            # the transfers) would hold N transfers back on small files (issue 11)
+            "--checkers",
             str(ctx.parallel),
             "-q",
             *extra,

@@ -2,7 +2,8 @@
 
 (a) first upload of 2,000 files of 20 KB in 100 dirs; (b) the no-op rerun of (a) into the same
 containers; (c) 200 files of 2 MB; (d) the crawl and plan of 100,000 files of 1 KB (`--dry-run`),
-and of 10,000 beside it to show whether memory grows with the corpus.
+and of 10,000 beside it to show whether memory grows with the corpus; (e) many small sets: the same
+1,000 images as 200 directories of 5 and as one directory of 1,000 (issue 11: the per-set cost).
 
 Each round runs every contender once per scenario, in an order rotated from round to round, so a
 slow minute of the machine (or Azurite's own housekeeping) does not always land on the same one.
@@ -11,6 +12,7 @@ slow minute of the machine (or Azurite's own housekeeping) does not always land 
 from __future__ import annotations
 
 import json
+import statistics
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,9 @@ class Sizes:
     d_small: CorpusSpec
     d_large: CorpusSpec
     warmup: CorpusSpec
+    # (e): the same images (one seed, one random stream in the same order) as many sets and as one
+    e_many: CorpusSpec
+    e_one: CorpusSpec
 
 
 FULL = Sizes(
@@ -38,6 +43,8 @@ FULL = Sizes(
     d_small=CorpusSpec(100, 100, KB),
     d_large=CorpusSpec(1000, 100, KB),
     warmup=CorpusSpec(5, 20, 20 * KB, seed=2),
+    e_many=CorpusSpec(200, 5, 20 * KB, seed=5),
+    e_one=CorpusSpec(1, 1000, 20 * KB, seed=5),
 )
 QUICK = Sizes(
     a=CorpusSpec(10, 20, 20 * KB),
@@ -45,6 +52,8 @@ QUICK = Sizes(
     d_small=CorpusSpec(10, 100, KB),
     d_large=CorpusSpec(100, 100, KB),
     warmup=CorpusSpec(2, 10, 20 * KB, seed=2),
+    e_many=CorpusSpec(40, 5, 20 * KB, seed=5),
+    e_one=CorpusSpec(1, 200, 20 * KB, seed=5),
 )
 
 SCENARIOS = {
@@ -52,23 +61,37 @@ SCENARIOS = {
     "b": "no-op rerun of (a)",
     "c": "first upload, {c}",
     "d": "crawl + plan (--dry-run), {d_small} and {d_large}",
+    "e": "many small sets: {e_many} vs {e_one} (the same images)",
 }
 ANCHOR = "rclone"
+# (e): `corpus upload` of 200 sets of 5 within this factor of one set of 1,000 (issue 11)
+MANY_SETS_TARGET = 1.3
 CEILING_PUT, CEILING_CRAWL = "bare-put", "bare-crawl"
+
+
+def e_id(spec: CorpusSpec) -> str:
+    return f"e@{spec.dirs}x{spec.files_per_dir}"
 
 
 def scenario_ids(sizes: Sizes, wanted: list[str]) -> list[str]:
     ids: list[str] = []
     for s in wanted:
-        ids += [f"d@{sizes.d_small.files}", f"d@{sizes.d_large.files}"] if s == "d" else [s]
+        if s == "d":
+            ids += [f"d@{sizes.d_small.files}", f"d@{sizes.d_large.files}"]
+        elif s == "e":
+            ids += [e_id(sizes.e_many), e_id(sizes.e_one)]
+        else:
+            ids.append(s)
     return ids
 
 
 def describe(sizes: Sizes) -> dict[str, str]:
-    fmt = {k: getattr(sizes, k).describe() for k in ("a", "c", "d_small", "d_large")}
-    out = {k: v.format(**fmt) for k, v in SCENARIOS.items() if k != "d"}
+    fmt = {k: getattr(sizes, k).describe() for k in ("a", "c", "d_small", "d_large", "e_many", "e_one")}
+    out = {k: v.format(**fmt) for k, v in SCENARIOS.items() if k not in ("d", "e")}
     out[f"d@{sizes.d_small.files}"] = f"crawl + plan (--dry-run), {fmt['d_small']}"
     out[f"d@{sizes.d_large.files}"] = f"crawl + plan (--dry-run), {fmt['d_large']}"
+    out[e_id(sizes.e_many)] = f"many small sets: {fmt['e_many']}"
+    out[e_id(sizes.e_one)] = f"the same images as one set: {fmt['e_one']}"
     return out
 
 
@@ -87,6 +110,9 @@ def make_corpora(sizes: Sizes, wanted: list[str], where: Path) -> dict[str, Path
     if "d" in wanted:
         roots["d_small"] = make_corpus(sizes.d_small, where)
         roots["d_large"] = make_corpus(sizes.d_large, where)
+    if "e" in wanted:
+        roots["e_many"] = make_corpus(sizes.e_many, where)
+        roots["e_one"] = make_corpus(sizes.e_one, where)
     return roots
 
 
@@ -170,6 +196,19 @@ class UploadSuite:
                         name = CEILING_CRAWL if c.kind == "bare" else c.name
                         self._step(f"d@{spec.files}", name, rnd, inv, t, spec)
                     self.ctx.endpoint.drop(t.container, t.tables)
+        if "e" in self.wanted:
+            self._many_sets(rnd, order)
+
+    def _many_sets(self, rnd: int, order: list[cs.Contender]) -> None:
+        """(e): each contender uploads the same images as many small sets and as one set, back to back,
+        in an order that alternates from round to round, so a slow minute hits both halves of a ratio."""
+        pair = ["e_many", "e_one"] if rnd % 2 else ["e_one", "e_many"]
+        for c in order:
+            for key in pair:
+                spec, src = getattr(self.sizes, key), self.roots[key]
+                t = c.target(self.ctx, "e")
+                self._step(e_id(spec), c.name, rnd, c.upload(self.ctx, src, t, spec.files), t, spec)
+                self.ctx.endpoint.drop(t.container, t.tables)
 
     def _first_and_rerun(self, rnd: int, order: list[cs.Contender]) -> None:
         spec, src = self.sizes.a, self.roots["a"]
@@ -261,9 +300,41 @@ def _fmt(x: float | None, unit: str = "x") -> str:
     return "n/a" if x is None else f"{x:.2f}{unit}"
 
 
-def targets(rows: list[Row], sizes: Sizes, corpus_names: list[str]) -> list[Verdict]:
+def many_sets_ratio(samples: list[Sample], sizes: Sizes, contender: str) -> tuple[float, list[float]] | None:
+    """(e): the median wall of the many small sets / the median wall of the one set (the ratio the
+    table's other targets use: medians first), with each round's own ratio (the two halves of a round
+    ran back to back) to show the spread; None when a half never succeeded."""
+    walls: dict[tuple[int, str], float] = {
+        (s.round, s.scenario): s.wall for s in samples if s.contender == contender and s.ok}
+    many, one = e_id(sizes.e_many), e_id(sizes.e_one)
+    many_walls = [w for (_, sc), w in walls.items() if sc == many]
+    one_walls = [w for (_, sc), w in walls.items() if sc == one]
+    if not many_walls or not one_walls:
+        return None
+    rounds = [walls[(r, many)] / walls[(r, one)] for r in sorted({r for r, _ in walls})
+              if (r, many) in walls and (r, one) in walls and walls[(r, one)] > 0]
+    return statistics.median(many_walls) / statistics.median(one_walls), rounds
+
+
+def targets(rows: list[Row], sizes: Sizes, corpus_names: list[str],
+            samples: list[Sample] | None = None) -> list[Verdict]:
     by = {(r.scenario, r.contender): r for r in rows}
     out: list[Verdict] = []
+    reference = many_sets_ratio(samples or [], sizes, ANCHOR)
+    for name in corpus_names:
+        got = many_sets_ratio(samples or [], sizes, name)
+        rounds = ", ".join(f"{x:.2f}" for x in got[1]) if got else ""
+        also = f"; rclone {reference[0]:.2f}x" if reference else ""
+        out.append(
+            Verdict(
+                "e",
+                name,
+                f"wall of {sizes.e_many.dirs} sets of {sizes.e_many.files_per_dir} / 1 set of "
+                f"{sizes.e_one.files:,} <= {MANY_SETS_TARGET}x",
+                f"{got[0]:.2f}x (rounds: {rounds}{also})" if got else "n/a",
+                None if got is None else got[0] <= MANY_SETS_TARGET,
+            )
+        )
     small, large = f"d@{sizes.d_small.files}", f"d@{sizes.d_large.files}"
     for name in corpus_names:
         a, b, c = by.get(("a", name)), by.get(("b", name)), by.get(("c", name))

@@ -10,14 +10,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .errors import Conflict, CorpusError
 from .models import ImageSet, tag_rows
 from .results import Failure
+from .rowcommit import GroupCommit
 from .storage import TAG_BATCH, Storage
 from .throttle import ThrottleWork
 
+# a conditional merge of one ImageSets row: (entity, ETag or None) -> its new ETag
+SetUpdate = Callable[[dict[str, Any], str | None], Awaitable[str | None]]
 REPAIR_HINT = ("the set is complete but not found by tag until `corpus status --repair` (or the same upload "
                "rerun) indexes it")
 
@@ -34,16 +38,25 @@ async def write_tag_rows(storage: Storage, rows: list[dict[str, Any]], upserts: 
             await upserts.run(lambda c=chunk: storage.upsert_batch(storage.tags, c))
 
 
-async def index_set(storage: Storage, image_set: ImageSet, upserts: ThrottleWork) -> None:
-    """Write the set's tag rows, then flag it indexed."""
+async def index_set(storage: Storage, image_set: ImageSet, upserts: ThrottleWork, *,
+                    set_rows: GroupCommit | None = None, tag_writer: GroupCommit | None = None) -> None:
+    """Write the set's tag rows, then flag it indexed. With ``tag_writer`` and ``set_rows`` (a job's
+    group-committed TagIndex and ImageSets writes) its rows share transactions with other sets'."""
     if not image_set.is_complete:
         raise ValueError(f"set {image_set.identity} is not complete; it must not be indexed")
-    await write_tag_rows(storage, tag_rows(image_set), upserts)
+    rows = list({row["PartitionKey"]: row for row in tag_rows(image_set)}.values())  # "Red" and "red": one row
+    if tag_writer is not None:
+        await asyncio.gather(*(tag_writer.upsert(row) for row in rows))
+    else:
+        await write_tag_rows(storage, rows, upserts)
     ident = image_set.identity
     flag = {"PartitionKey": ident.partition_key, "RowKey": ident.row_key, "Indexed": True}
     # unconditional: tag rows and the flag are idempotent, so a concurrent run that indexed the same
     # complete set first is no conflict
-    image_set.etag = await upserts.run(lambda: storage.update_entity(storage.sets, flag, etag=None))
+    if set_rows is not None:
+        image_set.etag = await set_rows.update(flag, None)
+    else:
+        image_set.etag = await upserts.run(lambda: storage.update_entity(storage.sets, flag, etag=None))
     image_set.indexed = True
 
 
@@ -59,9 +72,12 @@ class TagIndexWriter:
     """
 
     def __init__(self, storage: Storage, upserts: ThrottleWork, *, max_rows: int = 2000,
-                 max_delay: float = 2.0) -> None:
+                 max_delay: float = 2.0, update_set: SetUpdate | None = None) -> None:
         self.storage = storage
         self.upserts = upserts
+        # how the Indexed flags are written: the run's group-committed set rows when given (the flags
+        # of the sets a flush completes then share transactions), else one request each
+        self.update_set = update_set
         self.max_rows = max_rows
         self.max_delay = max_delay
         self.failures: list[Failure] = []
@@ -144,8 +160,11 @@ class TagIndexWriter:
         try:
             for _attempt in range(3):
                 try:
-                    image_set.etag = await self.upserts.run(
-                        lambda e=etag: self.storage.update_entity(self.storage.sets, flag, etag=e))
+                    if self.update_set is not None:
+                        image_set.etag = await self.update_set(flag, etag)
+                    else:
+                        image_set.etag = await self.upserts.run(
+                            lambda e=etag: self.storage.update_entity(self.storage.sets, flag, etag=e))
                     break
                 except Conflict:
                     # another run touched the row meanwhile (e.g. completed the same set): our rows still

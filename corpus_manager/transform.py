@@ -29,6 +29,7 @@ from .errors import ConfigError, Conflict, CorpusError, CorruptRow, TransformSpe
 from .models import COMPLETE, PENDING, ImageSet, ImageTransform, SetIdentity, check_name, content_digest
 from .query import open_for_reading
 from .results import Failure, NullProgress, ProgressSink
+from .rowcommit import GroupCommit
 from .storage import Storage, etag_of
 from .tagindex import index_set
 from .throttle import ThrottleWork
@@ -196,10 +197,21 @@ class SetJob:
     progress: ProgressSink
     report: TransformReport
 
+    _writers: tuple[GroupCommit, GroupCommit] | None = None
+
     async def process(self, source: ImageSet, identity: SetIdentity, todo: list[str],
                       out: TransformSetOutcome) -> None:
         """Transform and store the source files ``todo``; count them in ``out``, name failures in the report."""
         raise NotImplementedError
+
+    @property
+    def writers(self) -> tuple[GroupCommit, GroupCommit]:
+        """The job's ImageSets and TagIndex writes, group-committed across its sets (made on first use):
+        output sets that finish together share their transactions, as an upload's sets do."""
+        if self._writers is None:
+            self._writers = (GroupCommit(self.storage, self.upserts),
+                             GroupCommit(self.storage, self.upserts, self.storage.tags))
+        return self._writers
 
     async def run_set(self, plan: _Plan, out: TransformSetOutcome) -> TransformSetOutcome:
         storage, source = self.storage, plan.source
@@ -232,7 +244,7 @@ class SetJob:
         else:
             pending = ImageSet(identity, tags=source.tags, status=PENDING, source_set=source.identity.key)
             try:
-                etag = await self.upserts.run(lambda: storage.create_entity(storage.sets, pending.to_entity()))
+                etag = await self.writers[0].create(pending.to_entity())
             except Conflict:  # another job created it meanwhile
                 entity = await storage.get_entity(storage.sets, identity.partition_key, identity.row_key)
                 etag = etag_of(entity)
@@ -258,8 +270,7 @@ class SetJob:
         entity = complete.to_entity()
         entity["Indexed"] = False
         try:
-            complete.etag = await self.upserts.run(
-                lambda: storage.update_entity(storage.sets, entity, etag=etag))
+            complete.etag = await self.writers[0].update(entity, etag)
         except Conflict:
             # another job finished it meanwhile (the output is deterministic): take its row
             # (or our own update landed and only its answer was lost, then retried into a 412)
@@ -270,7 +281,7 @@ class SetJob:
             if complete.indexed:
                 out.status = "transformed"
                 return out
-        await index_set(storage, complete, self.upserts)
+        await index_set(storage, complete, self.upserts, set_rows=self.writers[0], tag_writer=self.writers[1])
         out.status = "transformed"
         return out
 

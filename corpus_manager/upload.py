@@ -22,7 +22,8 @@ from .errors import ConfigError, Conflict, CorpusError, CorruptRow, ImmutableSet
 from .imagetypes import CONTENT_TYPES, NotAnImage, sniff
 from .models import COMPLETE, ORIGINAL_PARTITION, PENDING, ImageSet, SetIdentity, check_name, content_digest
 from .results import Failure, NullProgress, ProgressSink
-from .storage import TAG_BATCH, BlobInfo, Storage
+from .rowcommit import GroupCommit
+from .storage import BlobInfo, Storage
 from .tagindex import TagIndexWriter
 from .throttle import ThrottleWork, iterate_in_thread, open_file_cap
 
@@ -151,101 +152,9 @@ def _check_all(files: list[LocalFile]) -> list[tuple[int, bytes, str | None] | O
     return out
 
 
-_RowWrite = tuple[str, dict[str, Any], str | None, "asyncio.Future[str | None]"]
-
-
-class _SetRows:
-    """The run's ImageSets writes (pending rows, complete rows), group-committed: while one request is
-    in flight, the writes that arrive queue up and go together as one entity group transaction (the
-    rows of original sets share a partition), so 100 sets cost a few requests instead of 200.
-
-    Each write keeps its meaning for its caller: a create raises Conflict when its row exists, a
-    conditional update raises Conflict when its row changed since its ETag. A transaction refused for
-    one of its writes stores none of them and is replayed one request per write.
-    """
-
-    def __init__(self, storage: Storage, upserts: ThrottleWork) -> None:
-        self.storage = storage
-        self.upserts = upserts
-        self._queue: list[_RowWrite] = []
-        self._flusher: asyncio.Task[None] | None = None
-
-    async def create(self, entity: dict[str, Any]) -> str | None:
-        return await self._write("create", entity, None)
-
-    async def update(self, entity: dict[str, Any], etag: str | None) -> str | None:
-        """A merge, conditional on ``etag`` when given."""
-        return await self._write("update", entity, etag)
-
-    async def _write(self, kind: str, entity: dict[str, Any], etag: str | None) -> str | None:
-        done: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        self._queue.append((kind, entity, etag, done))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
-        return await done
-
-    def close(self) -> None:
-        if self._flusher is not None and not self._flusher.done():
-            self._flusher.cancel()
-
-    def _take(self) -> list[_RowWrite]:
-        # one partition, each row once, at most TAG_BATCH: what a transaction accepts
-        batch: list[_RowWrite] = []
-        rest: list[_RowWrite] = []
-        rows: set[str] = set()
-        for item in self._queue:
-            entity = item[1]
-            if item[3].done():
-                continue  # its caller was cancelled
-            if (len(batch) < TAG_BATCH and entity["RowKey"] not in rows
-                    and (not batch or entity["PartitionKey"] == batch[0][1]["PartitionKey"])):
-                batch.append(item)
-                rows.add(entity["RowKey"])
-            else:
-                rest.append(item)
-        self._queue = rest
-        return batch
-
-    async def _flush(self) -> None:
-        batch: list[_RowWrite] = []
-        try:
-            while self._queue:
-                batch = self._take()
-                if len(batch) > 1:
-                    writes = [(kind, entity, etag) for kind, entity, etag, _ in batch]
-                    try:
-                        etags = await self.upserts.run(lambda w=writes: self.storage.write_rows(self.storage.sets, w))
-                    except Conflict:
-                        await asyncio.gather(*(self._one(item) for item in batch))
-                    except Exception as exc:  # each caller gets what its own write would have raised
-                        for *_, done in batch:
-                            if not done.done():
-                                done.set_exception(exc)
-                    else:
-                        for (*_, done), etag in zip(batch, etags, strict=True):
-                            if not done.done():
-                                done.set_result(etag)
-                elif batch:
-                    await self._one(batch[0])
-        finally:
-            for *_, done in batch + self._queue:  # the flusher was cancelled: so are its waiters
-                if not done.done():
-                    done.cancel()
-
-    async def _one(self, item: _RowWrite) -> None:
-        kind, entity, etag, done = item
-        storage = self.storage
-        try:
-            if kind == "create":
-                result = await self.upserts.run(lambda: storage.create_entity(storage.sets, entity))
-            else:
-                result = await self.upserts.run(lambda: storage.update_entity(storage.sets, entity, etag=etag))
-        except Exception as exc:  # handed to the caller, as if it had made the call itself
-            if not done.done():
-                done.set_exception(exc)
-        else:
-            if not done.done():
-                done.set_result(result)
+# The run's ImageSets writes (pending rows, complete rows, Indexed flags), group-committed: the rows
+# of original sets share a partition, so 100 sets cost a few requests instead of 300 (rowcommit.py).
+_SetRows = GroupCommit
 
 
 class _SetJob:
@@ -457,8 +366,9 @@ class _Uploader:
         self.uploads = ThrottleWork(uploads)
         self.upserts = ThrottleWork(upserts)
         self.set_rows = _SetRows(storage, self.upserts)
-        # tag rows batched across sets; a set is flagged Indexed once its rows are stored
-        self.tag_index = TagIndexWriter(storage, self.upserts)
+        # tag rows batched across sets; a set is flagged Indexed once its rows are stored, the flags
+        # group-committed with the other set rows
+        self.tag_index = TagIndexWriter(storage, self.upserts, update_set=self.set_rows.update)
         self.progress = progress
         self.existing: dict[SetIdentity, ImageSet] = {}
         self.failures: list[Failure] = []

@@ -17,7 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from azure.data.tables import TableServiceClient
+from azure.data.tables import EntityProperty, TableServiceClient
 from azure.storage.blob import BlobServiceClient
 
 from corpus_manager.models import content_digest
@@ -55,7 +55,9 @@ def read_corpus(conn: str, corpus: str) -> dict[str, Any]:
     def entities(table: str) -> list[dict[str, Any]]:
         if table not in names:
             return []
-        return [dict(e) for e in table_service.get_table_client(table).list_entities()]
+        # counts and sizes are Edm.Int64, which the SDK reads back as EntityProperty(value, type)
+        return [{k: v.value if isinstance(v, EntityProperty) else v for k, v in e.items()}
+                for e in table_service.get_table_client(table).list_entities()]
 
     return {"blobs": blobs, "sets": entities(f"{corpus}ImageSets"), "tags": entities(f"{corpus}TagIndex")}
 
