@@ -1,7 +1,11 @@
-"""corpus-manager: a corpus of ML training images in Azure Blob Storage, indexed in Azure Table Storage."""
+"""corpus-manager: a corpus of ML training images in Azure Blob Storage, indexed in Azure Table Storage.
+
+What a notebook or a script needs: ``Corpus`` (async) or ``SyncCorpus`` (plain calls), the models, the
+reports, the query filter and result, ``Failure`` and the exceptions. Everything else is internal and
+imported from its own module (``corpus_manager.throttle``, ``corpus_manager.crawler``, ...).
+"""
 
 from .corpus import Corpus
-from .crawler import Crawler, DirGroup, LocalFile
 from .download import DownloadReport
 from .errors import (
     AuthenticationFailed,
@@ -18,9 +22,9 @@ from .errors import (
 )
 from .models import ImageSet, ImageTransform, SetIdentity
 from .query import QueryFilter, QueryResult
-from .results import Failure
+from .results import Failure, ProgressSink
 from .status import StatusReport
-from .throttle import Outcome, ThrottleWork
+from .sync import SyncCorpus
 from .transform import TransformReport
 from .upload import UploadReport
 
@@ -33,24 +37,21 @@ __all__ = [
     "Corpus",
     "CorpusError",
     "CorruptRow",
-    "Crawler",
-    "DirGroup",
     "DownloadReport",
     "Failure",
     "ImageSet",
     "ImageTransform",
     "ImmutableSetError",
     "InvalidName",
-    "LocalFile",
     "NotFound",
-    "Outcome",
+    "ProgressSink",
     "QueryFilter",
     "QueryResult",
     "SetIdentity",
     "StatusReport",
     "StorageError",
     "StorageUnavailable",
-    "ThrottleWork",
+    "SyncCorpus",
     "TransformReport",
     "TransformSpecError",
     "UploadReport",

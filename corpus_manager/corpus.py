@@ -6,7 +6,6 @@ from concurrent.futures import Executor
 from typing import Any
 
 from .config import connection_from_settings, corpus_from_settings
-from .crawler import Crawler
 from .download import DownloadReport, download_sets
 from .models import ImageTransform
 from .query import QueryFilter, QueryResult, open_for_reading, query_sets
@@ -137,4 +136,4 @@ def _tag_tuple(tags: tuple[str, ...] | list[str] | str) -> tuple[str, ...]:
     return (tags,) if isinstance(tags, str) else tuple(tags)  # query("robin") means one tag, not five
 
 
-__all__ = ["Corpus", "Crawler"]
+__all__ = ["Corpus"]

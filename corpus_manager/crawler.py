@@ -51,7 +51,6 @@ class Crawler:
     extensions: tuple[str, ...] = field(default_factory=lambda: normalize_extensions(None))
     problems: list[Problem] = field(default_factory=list)
     files_seen: int = 0
-    dirs_seen: int = 0
     ignored: int = 0  # files without an image extension
 
     def __post_init__(self) -> None:
@@ -81,7 +80,6 @@ class Crawler:
                 self._problem(abs_dir, "symlink loop or second link to a directory already crawled; skipped")
                 continue
             visited.add(ident)
-            self.dirs_seen += 1
             files, subdirs = self._list(abs_dir)
             if files:
                 yield DirGroup(rel_dir, abs_dir, files)

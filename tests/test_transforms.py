@@ -931,6 +931,33 @@ def test_policy_reports_when_wand_was_imported_first():
     assert proc.stdout.startswith("False | wand was imported before")
 
 
+def test_c_functions_wand_does_not_bind_still_work():
+    # The guard of transforms.capi, the one place that binds ImageMagick C functions Wand does not
+    # (wand is pinned below 0.8 for it): fails if an upgrade breaks one. Each answers as ImageMagick
+    # documents, and Wand's own function objects keep Wand's declarations (none: we never set argtypes).
+    proc = python(
+        """
+        import transforms
+        status = transforms.init_worker() or transforms.policy_status()
+        assert status.policy_file_active, status.detail
+        from transforms import capi, decode
+        from wand.api import library, libmagick
+        from wand.image import Image
+        print(capi.policy_value("corpus-transforms-policy"), capi.policy_value("no-such-policy"))
+        print(capi.read_authorized("PNG"), capi.read_authorized("TIFF64"), capi.read_authorized("SVG"))
+        with Image(width=4, height=4) as img:
+            img.format = "png"
+            data = img.make_blob()
+        with decode.time_limit(60):
+            decode.open_image(data, status.limits)[0].destroy()  # sets the progress monitor
+        print(library.MagickSetProgressMonitor.argtypes, libmagick.GetPolicyValue.argtypes,
+              libmagick.IsRightsAuthorized.argtypes, libmagick.RelinquishMagickMemory.argtypes)
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["1 None", "True True False", "None None None None"]
+
+
 def test_process_pool_gives_the_same_bytes_with_the_policy_in_each_worker():
     spec = Spec.from_ops(["random-crop=16x16", "grayscale", "format=png"])
     images = [(noise(40, 30), f"set/{i}.png") for i in range(4)]

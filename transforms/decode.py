@@ -6,7 +6,6 @@ Not thread-safe, like Wand: one image at a time per process.
 
 from __future__ import annotations
 
-import ctypes
 import math
 import re
 import time
@@ -19,12 +18,10 @@ from wand.color import Color
 from wand.exceptions import ResourceLimitError
 from wand.image import Image
 
+from transforms import capi
 from transforms.errors import ImageError
-from transforms.imagetypes import CODERS, KINDS, header_size, sniff, zero_tiff_padding
+from transforms.imagetypes import CODERS, HEAD, header_size, sniff, unsupported_reason, zero_tiff_padding
 from transforms.policy import Limits
-
-library.MagickSetProgressMonitor.argtypes = [ctypes.c_void_p, MagickProgressMonitor, ctypes.c_void_p]
-library.MagickSetProgressMonitor.restype = ctypes.c_void_p
 
 # The per-image deadline (time.monotonic()) the progress monitor enforces; see transforms.policy for
 # why ImageMagick's own time limit cannot be used. Module state is fine: one image at a time.
@@ -69,22 +66,6 @@ def clean_message(error: BaseException) -> str:
     return " ".join(text.split()) or type(error).__name__
 
 
-def describe_unsupported(data: bytes) -> str:
-    if not data:
-        return "empty file"
-    head = bytes(data[:512])
-    if head.lstrip()[:1] == b"<":
-        what = "XML/SVG/MSL or HTML"
-    elif head.startswith((b"%PDF", b"%!")):
-        what = "PDF/PostScript"
-    elif all(32 <= b < 127 or b in b"\t\r\n" for b in head):
-        what = "text"
-    else:
-        what = "unrecognised binary data"
-    allowed = ", ".join(k.upper() for k in KINDS)
-    return f"not a supported image ({what}); only {allowed} are accepted"
-
-
 def _check_size(width: int, height: int, limits: Limits) -> None:
     if width > limits.width or height > limits.height or width * height > limits.area:
         raise ImageError(
@@ -123,7 +104,7 @@ def open_image(data: bytes, limits: Limits) -> tuple[Image, str]:
     """
     kind = sniff(data)
     if kind is None:
-        raise ImageError(describe_unsupported(data))
+        raise ImageError(unsupported_reason(data[:HEAD], len(data)))
     size = header_size(data, kind)
     if size is None:
         # Header not understood by us: let ImageMagick read just the header before any pixel.
@@ -134,7 +115,7 @@ def open_image(data: bytes, limits: Limits) -> tuple[Image, str]:
 
     image = Image()
     try:
-        library.MagickSetProgressMonitor(image.wand, _MONITOR, None)
+        capi.set_progress_monitor(image.wand, _MONITOR)  # watches the decode too: see transforms.capi
         _read(image, data, kind, ping=False)
         check_time(limits)
         if image.width == 0 or image.height == 0:  # JPEG garbage can "decode" with only warnings

@@ -1,7 +1,9 @@
-"""Image kinds this package accepts, recognised from their magic bytes, never from a name.
+"""Image kinds the tool accepts, recognised from their magic bytes, never from a name.
 
-Self-contained on purpose (corpus_manager may have its own sniffer for uploads): the transform path
-must not depend on anything but the bytes it was given.
+The one sniffer of the project: transforms decode what `sniff` recognises, and upload refuses what
+`check_whole` refuses (the same recognition, plus cheap checks that the file is whole), so a file
+upload accepts is one a transform can decode. Pure Python and free of `wand`, so `corpus_manager`
+can use it without loading ImageMagick.
 """
 
 from __future__ import annotations
@@ -50,10 +52,21 @@ CODERS: dict[str, str] = {
     "webp": "WEBP",
 }
 
+# Coders ImageMagick picks by itself, from the magic bytes, for a variant of a kind it is asked to read
+# (BigTIFF, which `sniff` calls "tiff"): the policy allows them for reading only.
+READ_ONLY_CODERS: dict[str, tuple[str, ...]] = {"tiff": ("TIFF64",)}
+
 _FORMAT_ALIASES: dict[str, str] = {"jpg": "jpeg", "jpe": "jpeg", "tif": "tiff"}
 
 # Sizes of the BMP DIB headers that exist (core, v2..v5, OS/2 2.x): "BM" alone is too weak a signature.
 _BMP_HEADER_SIZES = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
+
+HEAD = 512  # what `check_whole` reads of a file's start...
+TAIL = 1024  # ...and of its end: a big file is checked from these two pieces, never read whole
+
+
+class NotAnImage(ValueError):
+    """The bytes are not a whole image of a supported kind; the message says why."""
 
 
 def normalize_format(name: str) -> str | None:
@@ -79,6 +92,60 @@ def sniff(data: bytes) -> str | None:
     if head[:2] == b"BM" and len(head) >= 18 and struct.unpack_from("<I", head, 14)[0] in _BMP_HEADER_SIZES:
         return "bmp"
     return None
+
+
+def check_whole(head: bytes, tail: bytes, size: int) -> str:
+    """The kind of a file from its first HEAD bytes, its last TAIL bytes and its size, as `sniff` sees
+    it, once cheap checks say the file is whole; else NotAnImage with the reason.
+
+    The tail says the file is whole (a JPEG ends with its EOI marker, a PNG with IEND, a GIF with its
+    trailer; BMP and WebP declare their size). A full decode would cost a hundred times more CPU than an
+    upload and is left to transforms, which decode anyway. TIFF has no such cheap check.
+    """
+    kind = sniff(head)
+    if kind is None:
+        raise NotAnImage(unsupported_reason(head, size))
+    if kind == "jpeg" and b"\xff\xd9" not in tail:
+        raise NotAnImage("truncated JPEG (no end-of-image marker)")
+    if kind == "png" and b"IEND" not in tail[-64:]:
+        raise NotAnImage("truncated PNG (no IEND chunk)")
+    if kind == "gif" and b";" not in tail[-16:]:
+        raise NotAnImage("truncated GIF (no trailer)")
+    if kind == "bmp":
+        declared = struct.unpack_from("<I", head, 2)[0]
+        if declared and size < declared:  # a writer may leave the size 0
+            raise NotAnImage(f"truncated BMP ({size} of {declared} bytes)")
+    if kind == "webp":
+        declared = struct.unpack_from("<I", head, 4)[0] + 8  # RIFF counts the bytes after its 8-byte header
+        if size < declared:
+            raise NotAnImage(f"truncated WebP ({size} of {declared} bytes)")
+    return kind
+
+
+def unsupported_reason(head: bytes, size: int) -> str:
+    """Why content `sniff` does not recognise is refused, from its first bytes: what it looks like."""
+    if not size:
+        return "empty file (0 bytes)"
+    start = bytes(head[:HEAD])
+    if start.lstrip()[:1] == b"<":
+        what = "XML/SVG/MSL or HTML"
+    elif start.lstrip()[:4] == b"%PDF" or start.lstrip()[:2] == b"%!":
+        what = "PDF/PostScript"
+    elif _is_text(start):
+        what = "text"
+    else:
+        what = "unrecognised binary data"
+    return f"not a supported image ({what}); only {', '.join(k.upper() for k in KINDS)} are accepted"
+
+
+def _is_text(sample: bytes) -> bool:
+    try:
+        text = sample.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(sample) - 3:  # not merely a character cut by the end of the sample
+            return False
+        text = sample[: e.start].decode("utf-8")
+    return all(c.isprintable() or c in "\t\r\n\f" for c in text)
 
 
 def kind_from_name(file_name: str) -> str | None:

@@ -8,10 +8,11 @@ Layers, each enough on its own against a different threat:
 2. Resource limits (width, height, area, memory, map, disk, threads) through Wand, plus
    our own check of the size in the file header so a decompression bomb is refused before a single
    pixel is decoded, with a message saying why.
-3. Defence in depth: a restrictive `policy.xml` (only the six image coders, no delegates, no filters,
-   no `@file` paths, the same resource limits) that ImageMagick loads because `MAGICK_CONFIGURE_PATH`
-   points at it while wand first starts ImageMagick in the process (the variable is restored
-   afterwards, so child processes such as `convert` are not bound by it). Verified with 6.9.11:
+3. Defence in depth: a restrictive `policy.xml` (only the six image coders, and TIFF64 for reading
+   BigTIFF; no delegates, no filters, no `@file` paths, the same resource limits) that ImageMagick
+   loads because `MAGICK_CONFIGURE_PATH` points at it while wand first starts ImageMagick in the
+   process (the variable is restored afterwards, so child processes such as `convert` are not bound
+   by it). Verified with 6.9.11:
    the file is listed by `convert -list policy` and `IsRightsAuthorized` refuses SVG/MSL/TEXT/MVG.
    `apply_policy()` checks this at run time and reports it in `PolicyStatus.policy_file_active`;
    if wand was imported first the file cannot take effect and layers 1 and 2 remain.
@@ -29,7 +30,6 @@ by `transforms.decode` instead, which aborts the running operation cleanly.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import logging
 import os
@@ -38,10 +38,10 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-from transforms.imagetypes import CODERS
+from transforms.imagetypes import CODERS, READ_ONLY_CODERS
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +57,6 @@ MAX_DISK = 1 * GiB  # beyond it an image fails
 MAX_SECONDS = 60.0  # per image, decode + operations + encode
 THREADS = 1  # ImageMagick threads per process: parallelism comes from worker processes
 
-# PolicyDomain / PolicyRights values (the same in ImageMagick 6 and 7).
-_CODER_DOMAIN = 1
-_READ_RIGHTS = 1
 _SENTINEL = "corpus-transforms-policy"
 
 # Coders that must never be reachable; checked after loading to prove the policy file took effect.
@@ -113,6 +110,7 @@ def policy_xml(limits: Limits = DEFAULT_LIMITS) -> str:
     """The policy.xml for `limits`. Resource values in a policy are maxima: later API calls can only
     lower them."""
     coders = ",".join(CODERS.values())
+    read_only = ",".join(c for variants in READ_ONLY_CODERS.values() for c in variants)
     return f"""<?xml version="1.0" encoding="UTF-8"?>
 <!-- Written by corpus-manager's transforms.policy; loaded through MAGICK_CONFIGURE_PATH. -->
 <policymap>
@@ -129,6 +127,7 @@ def policy_xml(limits: Limits = DEFAULT_LIMITS) -> str:
   <policy domain="path" rights="none" pattern="@*"/>
   <policy domain="coder" rights="none" pattern="*"/>
   <policy domain="coder" rights="read|write" pattern="{{{coders}}}"/>
+  <policy domain="coder" rights="read" pattern="{{{read_only}}}"/>
 </policymap>
 """
 
@@ -241,26 +240,17 @@ def _set_limits(limits: Limits) -> None:
 
 def _verify_policy_file() -> tuple[bool, str]:
     """Whether ImageMagick loaded our policy.xml and refuses the dangerous coders."""
-    from wand.api import libmagick
-
     try:
-        get_value = libmagick.GetPolicyValue
-        get_value.argtypes = [ctypes.c_char_p]
-        get_value.restype = ctypes.c_void_p
-        authorized = libmagick.IsRightsAuthorized
-        authorized.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p]
-        authorized.restype = ctypes.c_int
-    except AttributeError as e:  # pragma: no cover - exotic builds
+        from transforms import capi
+    except AttributeError as e:  # pragma: no cover - a build without the policy functions
         return False, f"cannot query the ImageMagick policy: {e}"
-    value = get_value(_SENTINEL.encode())
-    if not value:
+    if capi.policy_value(_SENTINEL) is None:
         return False, "ImageMagick did not load the policy file"
-    libmagick.RelinquishMagickMemory.argtypes = [ctypes.c_void_p]
-    libmagick.RelinquishMagickMemory(value)
-    allowed = [c for c in FORBIDDEN_CODERS if authorized(_CODER_DOMAIN, _READ_RIGHTS, c.encode())]
+    allowed = [c for c in FORBIDDEN_CODERS if capi.read_authorized(c)]
     if allowed:
         return False, f"another policy file re-allows the coders {', '.join(allowed)}"
-    refused = [c for c in CODERS.values() if not authorized(_CODER_DOMAIN, _READ_RIGHTS, c.encode())]
+    needed = [*CODERS.values(), *(c for variants in READ_ONLY_CODERS.values() for c in variants)]
+    refused = [c for c in needed if not capi.read_authorized(c)]
     if refused:
         return False, f"another policy file refuses the image coders {', '.join(refused)}"
     return True, ""
@@ -279,8 +269,3 @@ def imagemagick_version() -> str:
     """The ImageMagick version wand is bound to (for the ImageTransform row). Applies the policy first,
     since it loads ImageMagick into this process."""
     return apply_policy().imagemagick_version
-
-
-def with_limits(**changes: int | float) -> Limits:
-    """`DEFAULT_LIMITS` with some values changed, e.g. `with_limits(seconds=10)`."""
-    return replace(DEFAULT_LIMITS, **changes)  # type: ignore[arg-type]

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from transforms.args import MAX_ARG_LENGTH, ArgType
@@ -43,7 +42,6 @@ class OpContext:
     max_width: int = 16384
     max_height: int = 16384
     max_area: int = 128_000_000
-    deadline: float = field(default=float("inf"))  # time.monotonic() value
 
     def random_int(self, bound: int, salt: str = "") -> int:
         """A number in [0, bound) fixed by (spec digest, blob name, operation index, salt).
@@ -63,10 +61,6 @@ class OpContext:
                 f"{what} would make a {width}x{height} image, which exceeds the limits "
                 f"(at most {self.max_width}x{self.max_height} and {self.max_area} pixels)"
             )
-
-    def check_time(self) -> None:
-        if time.monotonic() > self.deadline:
-            raise ImageError("processing exceeded the time limit")
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,6 @@ class TransformResult:
     width: int
     height: int
     source_format: str  # kind of the input, from its bytes
-    warnings: tuple[str, ...] = ()  # non-fatal ImageMagick warnings (e.g. "Corrupt JPEG data")
 
 
 def init_worker(limits: Limits | None = None) -> None:
@@ -80,8 +79,11 @@ def transform(spec: Spec, data: bytes, blob_name: str) -> TransformResult:
 
     from transforms import decode
 
-    with warnings.catch_warnings(record=True) as caught, decode.time_limit(limits.seconds):
-        warnings.simplefilter("always")
+    # ImageMagick's warnings on an image it did decode (a JPEG with a corrupt segment, an unknown TIFF tag)
+    # are not kept: the run's outcome per image is an output or an ImageError. Silenced so that Wand does
+    # not print them from a worker.
+    with warnings.catch_warnings(), decode.time_limit(limits.seconds):
+        warnings.simplefilter("ignore")
         image, kind = decode.open_image(data, limits)
         with image:
             ctx = OpContext(
@@ -110,7 +112,6 @@ def transform(spec: Spec, data: bytes, blob_name: str) -> TransformResult:
                 raise ImageError(f"could not encode {out_kind.upper()}: {decode.clean_message(e)}") from None
             decode.check_time(limits)
             width, height = image.width, image.height
-    messages = tuple(dict.fromkeys(decode.clean_message(w.message) for w in caught))
     return TransformResult(
         data=blob,
         format=out_kind,
@@ -119,7 +120,6 @@ def transform(spec: Spec, data: bytes, blob_name: str) -> TransformResult:
         width=width,
         height=height,
         source_format=kind,
-        warnings=messages,
     )
 
 
