@@ -57,8 +57,10 @@ class _LoopThread:
     def run(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """Run the coroutine ``make()`` makes on the loop and wait for its outcome."""
         if threading.current_thread() is self.thread:
-            raise RuntimeError("a SyncCorpus method was called on the corpus's own event loop thread (from a "
-                               "progress sink?): it would wait for itself forever")
+            raise RuntimeError(
+                "a SyncCorpus method was called on the corpus's own event loop thread (from a "
+                "progress sink?): it would wait for itself forever"
+            )
         loop = self._loop
         assert loop is not None
         outcome: concurrent.futures.Future[T] = concurrent.futures.Future()
@@ -135,10 +137,15 @@ class SyncCorpus:
     closed (``close()``, or the end of the ``with`` block); a call after ``close()`` opens it again.
     """
 
-    def __init__(self, name: str | None = None, *, connection_string: str | None = None,
-                 account_url: str | None = None, pool_size: int = 64) -> None:
-        self._corpus = Corpus(name, connection_string=connection_string, account_url=account_url,
-                              pool_size=pool_size)
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        connection_string: str | None = None,
+        account_url: str | None = None,
+        pool_size: int = 64,
+    ) -> None:
+        self._corpus = Corpus(name, connection_string=connection_string, account_url=account_url, pool_size=pool_size)
         self._lock = threading.Lock()
         self._runner: _LoopThread | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None

@@ -14,8 +14,7 @@ import subprocess
 import pytest
 
 from corpus_manager import imagetypes as upload_types
-from transforms import ImageError, Spec, apply_spec
-from transforms import imagetypes
+from transforms import ImageError, Spec, apply_spec, imagetypes
 
 from .conftest import image_bytes
 
