@@ -192,3 +192,15 @@ def test_ctrl_c_while_waiting_cancels_the_call_and_the_corpus_goes_on(
     finally:
         signal.signal(signal.SIGINT, previous)
     assert len(blobs(conn, corpus_name)) == 60
+
+
+def test_the_facade_opens_on_first_use_and_again_after_close(conn: str, corpus_name: str, sample_tree: Path) -> None:
+    c = SyncCorpus(corpus_name, connection_string=conn)  # no `with`: the first call opens it
+    assert c.upload(str(sample_tree), version="v1").ok
+    c.pool_size = 8  # on the open corpus: applied on its loop
+    assert c.pool_size == 8 and c.status().complete == 4
+    c.close()
+    c.close()  # idempotent
+    assert not any(t.name == "corpus-manager-sync" for t in threading.enumerate())
+    assert [s.path for s in c.query("robin").sets] == ["red/angry/robin"]  # opened again
+    c.close()
