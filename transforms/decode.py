@@ -111,7 +111,8 @@ def open_image(data: bytes, limits: Limits) -> tuple[Image, str]:
         with Image() as probe:
             _read(probe, data, kind, ping=True)
             size = probe.size
-    _check_size(*size, limits)
+    width, height = size
+    _check_size(width, height, limits)
 
     image = Image()
     try:
