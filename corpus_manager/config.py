@@ -72,7 +72,7 @@ def parse_connection_string(conn_str: str) -> ConnectionInfo:
         host = urlsplit(proxy).hostname if proxy else "127.0.0.1"
         return parse_connection_string(development_connection_string(host or "127.0.0.1"))
     account = parts.get("accountname", "")
-    key = parts.get("accountkey") or None
+    account_key = parts.get("accountkey") or None
     sas = parts.get("sharedaccesssignature") or None
     protocol = parts.get("defaultendpointsprotocol", "https")
     suffix = parts.get("endpointsuffix", "core.windows.net")
@@ -83,19 +83,19 @@ def parse_connection_string(conn_str: str) -> ConnectionInfo:
                           "and TableEndpoint)")
     blob = check_endpoint(blob, "the connection string's BlobEndpoint")
     table = check_endpoint(table, "the connection string's TableEndpoint")
-    if not key and not sas:
+    if not account_key and not sas:
         raise ConfigError("the connection string has neither AccountKey nor SharedAccessSignature")
-    if key:
+    if account_key:
         import base64
         import binascii
 
         try:
-            base64.b64decode(key, validate=True)
+            base64.b64decode(account_key, validate=True)
         except (binascii.Error, ValueError):
             raise ConfigError("the connection string's AccountKey is not valid base64") from None
     if not account:
         account = (urlsplit(blob).hostname or "").split(".")[0]
-    return ConnectionInfo(blob.rstrip("/"), table.rstrip("/"), account, key, sas.lstrip("?") if sas else None)
+    return ConnectionInfo(blob.rstrip("/"), table.rstrip("/"), account, account_key, sas.lstrip("?") if sas else None)
 
 
 def table_endpoint_for(account_url: str) -> str:

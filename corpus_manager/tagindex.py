@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from .errors import Conflict, CorpusError
@@ -33,9 +34,9 @@ async def write_tag_rows(storage: Storage, rows: list[dict[str, Any]], upserts: 
         by_partition[row["PartitionKey"]].append(row)
     for chunk in by_partition.values():
         if len(chunk) == 1:
-            await upserts.run(lambda c=chunk: storage.upsert_entity(storage.tags, c[0], merge=False))
+            await upserts.run(partial(storage.upsert_entity, storage.tags, chunk[0], merge=False))
         else:
-            await upserts.run(lambda c=chunk: storage.upsert_batch(storage.tags, c))
+            await upserts.run(partial(storage.upsert_batch, storage.tags, chunk))
 
 
 async def index_set(storage: Storage, image_set: ImageSet, upserts: ThrottleWork, *,
@@ -164,7 +165,7 @@ class TagIndexWriter:
                         image_set.etag = await self.update_set(flag, etag)
                     else:
                         image_set.etag = await self.upserts.run(
-                            lambda e=etag: self.storage.update_entity(self.storage.sets, flag, etag=e))
+                            partial(self.storage.update_entity, self.storage.sets, flag, etag=etag))
                     break
                 except Conflict:
                     # another run touched the row meanwhile (e.g. completed the same set): our rows still

@@ -40,8 +40,12 @@ def parse_decimal(text: str) -> float:
 
 
 class ArgType(Protocol):
-    metavar: str
-    expected: str
+    # read-only: frozen dataclasses and properties both satisfy it
+    @property
+    def metavar(self) -> str: ...
+
+    @property
+    def expected(self) -> str: ...
 
     def parse(self, text: str) -> Any: ...
 
