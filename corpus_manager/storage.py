@@ -96,16 +96,17 @@ SAS_RENEW = 3600
 # Big files: above BLOCK_THRESHOLD a file goes up as blocks of BLOCK_SIZE (Put Block, then one Put Block
 # List), read from disk as each block's turn comes, at most BLOCKS_IN_FLIGHT of them per file; below it,
 # as one Put Blob from memory. Read at call time, so tests can lower them.
-# 8 MiB, measured (`python -m bench --suite bigfiles`, its threshold probe; bench/README.md, "Big files"):
-# on Azurite, 16 files at once, one Put Blob is faster up to 4 MiB (one request instead of two), and from
-# 8 MiB on blocks are as fast or faster (8 MiB: 198 vs 184 MB/s; 16 MiB: 194 vs 142) at half the client
-# CPU (aiohttp sends one big body slower than several smaller ones). A Put Blob holds its whole file in
-# memory, so the lowest size where blocks cost nothing is also the best for memory. Every photo stays
-# one request; Azure's own single-request limit (5,000 MiB) is far above.
-BLOCK_THRESHOLD = 8 * 1024 * 1024
-# 8 MiB blocks: 50,000 blocks (the service's limit per blob) make 390 GiB; bigger blocks gained nothing
-# on Azurite (64 and 128 MiB files: 223-227 MB/s) and cost memory; 4 in flight per file keep its upload
-# from waiting on one block's round trip, and hold at most 32 MiB of it.
+# 32 MiB, measured (`python -m bench --suite bigfiles`, its threshold probe, 3 runs; bench/README.md,
+# "Big files"): on Azurite, 8 files at once, one Put Blob is faster up to 8 MiB (one request instead of
+# two; blocks at 0.75-0.91x, medians), the two are even at 16 and 32 MiB (1.07x, 1.01x), and from 64 MiB
+# blocks win in every run (1.24-1.32x) at a third of the client CPU (aiohttp sends one big body slower
+# than several smaller ones). 32 MiB, the top of the even range: no file that is faster as blocks goes
+# as one Put Blob, whose memory (its whole file) is no more than a big file's 4 blocks in flight. Every
+# photo stays one request; Azure's own single-request limit (5,000 MiB) is far above.
+BLOCK_THRESHOLD = 32 * 1024 * 1024
+# 8 MiB blocks: 50,000 blocks (the service's limit per blob) make 390 GiB, and with them the big files
+# of the bench go up at 2.6x rclone's rate, so bigger blocks (more memory) were not needed; 4 in flight
+# per file keep its upload from waiting on one block's round trip, and hold at most 32 MiB of it.
 BLOCK_SIZE = 8 * 1024 * 1024
 BLOCKS_IN_FLIGHT = 4
 # Downloads: the first request reads at most this much, then chunks of DOWNLOAD_CHUNK, one at a time,

@@ -377,6 +377,9 @@ class _SetJob:
                 out.failed += failed
                 out.status = "failed"
                 return out
+            keeper.cancel()  # no renewal may race the completing write (each would change the ETag)
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
             return await self.complete(image_count=len(good), total_bytes=sum(r.size for r in good), pairs=pairs)
         finally:
             for task in (listing, keeper):
@@ -527,10 +530,11 @@ class _SetJob:
         up, failed = self.up, 0
         async for o in up.uploads.map(self.put_one, good):
             self.release(o.item)
-            if o.error is not None and not isinstance(o.error, ClaimLost):
-                failed += 1
-                up.fail(o.item.file.path, o.error)
+            if o.error is not None:
                 self.advance(o.item)
+                if not isinstance(o.error, ClaimLost):  # a lost claim is named once, for the set
+                    failed += 1
+                    up.fail(o.item.file.path, o.error)
         if self.lost:
             return failed
         names = {self.identity.blob_prefix + r.file.name for r in good}
@@ -646,7 +650,8 @@ class _SetJob:
         changed = sorted(n for n in set(local) & set(remote) if local[n] != remote[n])
         detail = ", ".join(f"{len(v)} {k}" + (f" (e.g. {v[0]})" if v else "")
                            for k, v in (("added", added), ("changed", changed), ("removed", removed)) if v)
-        err = ImmutableSetError(f"set is complete and its local content differs ({detail or 'digest differs'}); "
+        err = ImmutableSetError(f"set {self.label} is complete and its local content differs "
+                                f"({detail or 'digest differs'}); "
                                 "versions are immutable: upload it as a new --version")
         self.up.failures.append(Failure(self.group.abs_dir, str(err), "refused"))
         out.status = "refused"
