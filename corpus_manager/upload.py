@@ -149,8 +149,10 @@ KEEP_FILE_MAX = 1024 * 1024
 KEEP_BUDGET = 32 * 1024 * 1024
 PUT_BUDGET = 256 * 1024 * 1024
 # Files up to the block threshold are hashed in worker-thread calls of about this many bytes each (one
-# thread hop for a set of photos, several for a big set, so its hashing runs on every core).
+# thread hop for a set of photos, several for a big set, so its hashing runs on every core), those
+# above KEEP_FILE_MAX in pieces of HASH_CHUNK (never held whole).
 HASH_CALL_BYTES = 32 * 1024 * 1024
+HASH_CHUNK = 1024 * 1024
 
 
 class _KeepBudget:
@@ -195,10 +197,10 @@ def _fill(fh: Any, view: memoryview) -> int:
     return got
 
 
-def _hash_blocks(f: LocalFile, block_size: int) -> _FileResult:
-    """A big file, streamed in blocks: whole MD5, each block's MD5, the kind from its head and tail.
-    Holds one block at a time, never the file."""
-    blocks: list[bytes] = []
+def _hash_blocks(f: LocalFile, block_size: int, *, blocks: bool = True) -> _FileResult:
+    """A file streamed in pieces of ``block_size``: its MD5, each piece's MD5 when ``blocks`` (the MD5s
+    of a big file's blocks), the kind from its head and tail. Holds one piece at a time, never the file."""
+    block_md5s: list[bytes] = []
     whole: Any = None
     head, tail, size = b"", b"", 0
     buf = bytearray(block_size)
@@ -206,12 +208,16 @@ def _hash_blocks(f: LocalFile, block_size: int) -> _FileResult:
     with open(f.path, "rb", buffering=0) as fh:
         while n := _fill(fh, view):
             chunk = view[:n]
-            part = hashlib.md5(chunk, usedforsecurity=False)
-            blocks.append(part.digest())
-            if whole is None:
-                whole = part.copy()  # after the first block the file's MD5 state is the block's: not hashed twice
-            else:
+            if not blocks:
+                whole = whole or hashlib.md5(usedforsecurity=False)
                 whole.update(chunk)
+            else:
+                part = hashlib.md5(chunk, usedforsecurity=False)
+                block_md5s.append(part.digest())
+                if whole is None:
+                    whole = part.copy()  # after the first block the file's MD5 is the block's: not hashed twice
+                else:
+                    whole.update(chunk)
             if size < HEAD:
                 head += bytes(chunk[:HEAD - size])
             tail = (tail + bytes(chunk[-TAIL:]))[-TAIL:]
@@ -219,7 +225,7 @@ def _hash_blocks(f: LocalFile, block_size: int) -> _FileResult:
             if n < block_size:
                 break
     md5 = (whole or hashlib.md5(usedforsecurity=False)).digest()
-    res = _FileResult(f, md5.hex(), size, md5=md5, blocks=blocks or None)
+    res = _FileResult(f, md5.hex(), size, md5=md5, blocks=block_md5s or None)
     try:
         res.kind = sniff_parts(head, tail, size)
     except NotAnImage as exc:
@@ -229,15 +235,19 @@ def _hash_blocks(f: LocalFile, block_size: int) -> _FileResult:
 
 def _hash_files(files: list[LocalFile], keep: _KeepBudget | None, threshold: int,
                 block_size: int) -> list[_FileResult | OSError]:
-    """Hash files in one worker-thread call. A file up to ``threshold`` bytes is read whole (kept for its
-    upload when ``keep`` has room for it); a bigger one is streamed in blocks."""
+    """Hash files in one worker-thread call. A file up to KEEP_FILE_MAX is read whole (and kept for its
+    upload when ``keep`` has room for it); a bigger one is streamed, in blocks above ``threshold``."""
     out: list[_FileResult | OSError] = []
     for f in files:
         try:
             if f.size > threshold:
                 res = _hash_blocks(f, block_size)
+            elif f.size > KEEP_FILE_MAX:
+                res = _hash_blocks(f, HASH_CHUNK, blocks=False)
+                if res.size > threshold:  # it grew since the crawl: a big file after all
+                    res = _hash_blocks(f, block_size)
             else:
-                held = f.size if keep is not None and f.size <= KEEP_FILE_MAX and keep.take(f.size) else 0
+                held = f.size if keep is not None and keep.take(f.size) else 0
                 try:
                     data, md5, kind, bad = _read_and_check(f.path)
                 except BaseException:
