@@ -76,7 +76,7 @@ def make_big_corpus(parent: Path, size: int, files: int = FILES, seed: int = 1) 
     stamp.unlink(missing_ok=True)
     print(f"bench: making {files} images of {size // MiB} MB in {root}", flush=True)
     for i in range(files):
-        # one set each: a set's TotalBytes above 2 GiB needs the Edm.Int64 rows of issue 11.1
+        # one set each, as the scans of three slides
         group = root / "scans" / f"slide{i}"
         group.mkdir(parents=True, exist_ok=True)
         _write_big_png(group / f"scan{i}.png", size, seed * 1000 + i)
