@@ -16,6 +16,7 @@ import contextlib
 import datetime
 import hashlib
 import math
+import os
 import threading
 import time
 import uuid
@@ -150,8 +151,10 @@ KEEP_BUDGET = 32 * 1024 * 1024
 PUT_BUDGET = 256 * 1024 * 1024
 # Files up to the block threshold are hashed in worker-thread calls of about this many bytes each (one
 # thread hop for a set of photos, several for a big set, so its hashing runs on every core), those
-# above KEEP_FILE_MAX in pieces of HASH_CHUNK (never held whole).
-HASH_CALL_BYTES = 32 * 1024 * 1024
+# above KEEP_FILE_MAX in pieces of HASH_CHUNK (never held whole). At most one call per core runs at
+# once, taken in the order the sets came: the first set is hashed at full speed and starts uploading
+# while the next ones are hashed, instead of every set waiting for all of them.
+HASH_CALL_BYTES = 8 * 1024 * 1024
 HASH_CHUNK = 1024 * 1024
 
 
@@ -429,8 +432,11 @@ class _SetJob:
             batch_bytes += f.size
         if batch:
             calls.append(batch)
-        done = await asyncio.gather(*(asyncio.to_thread(_hash_files, c, budget, threshold, block_size)
-                                      for c in calls))
+        async def call(files: list[LocalFile]) -> list[_FileResult | OSError]:
+            async with self.up.hashing:
+                return await asyncio.to_thread(_hash_files, files, budget, threshold, block_size)
+
+        done = await asyncio.gather(*(call(c) for c in calls))
         by_path = {id(f): r for c, rs in zip(calls, done, strict=True) for f, r in zip(c, rs, strict=True)}
         return [by_path[id(f)] for f in self.group.files]
 
@@ -695,6 +701,7 @@ class _Uploader:
         self.leases: dict[SetIdentity, _Lease] = {}  # the claims on the pending rows among them
         self.run_id = uuid.uuid4().hex  # this run, in the claims it writes and its block IDs
         self.keep = _KeepBudget(KEEP_BUDGET)
+        self.hashing = asyncio.Semaphore(os.cpu_count() or 2)  # hashing calls at once: see HASH_CALL_BYTES
         self.put_budget = ByteBudget(PUT_BUDGET)
         self.failures: list[Failure] = []
         self.duplicates: list[list[str]] = []
