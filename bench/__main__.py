@@ -33,9 +33,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--suite",
-        choices=["upload", "query", "transform"],
+        choices=["upload", "query", "transform", "bigfiles"],
         default="upload",
-        help="Which benchmark suite: upload (issue 5), query (query + download, issue 3) or transform (issue 4).",
+        help="Which benchmark suite: upload (issue 5), query (query + download, issue 3), transform (issue 4) "
+        "or bigfiles (three 800 MB images and the block threshold, issue 11.2).",
     )
     p.add_argument(
         "--scenario",

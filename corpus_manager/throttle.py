@@ -9,6 +9,7 @@ exception: a late failure can never drop the list of earlier ones.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -141,3 +142,58 @@ def open_file_cap(requested: int, option: str, *, per_item: int = 2, others: int
         return requested, None
     return cap, (f"{option} {requested} is more than the open-file limit allows (ulimit -n {soft}): "
                  f"{cap} run at once")
+
+
+class ByteBudget:
+    """At most ``limit`` bytes held at once by the holders of ``hold(n)``: the memory of file bytes in
+    flight stays bounded whatever the file sizes and the parallelism. Waiters are served first come,
+    first served (a big request is never starved by small ones); a request larger than the whole
+    budget waits until it is alone."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+
+    def _fits(self, n: int) -> bool:
+        return self.used == 0 or self.used + n <= self.limit
+
+    def _grant(self, n: int) -> None:
+        self.used += n
+        self.peak = max(self.peak, self.used)
+
+    def _wake(self) -> None:
+        while self._waiters and self._fits(self._waiters[0][0]):
+            n, fut = self._waiters.pop(0)
+            if not fut.done():
+                self._grant(n)
+                fut.set_result(None)
+
+    async def acquire(self, n: int) -> None:
+        if not self._waiters and self._fits(n):
+            self._grant(n)
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((n, fut))
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release(n)  # granted just as it was cancelled: hand it back
+            else:
+                self._waiters = [w for w in self._waiters if w[1] is not fut]
+                self._wake()  # a big waiter leaving may let smaller ones behind it in
+            raise
+
+    def release(self, n: int) -> None:
+        self.used -= n
+        self._wake()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, n: int) -> AsyncIterator[None]:
+        await self.acquire(n)
+        try:
+            yield
+        finally:
+            self.release(n)
