@@ -120,9 +120,16 @@ def main(argv: list[str] | None = None) -> int:
 
     env_conn = os.environ.get(azurite.ENV_CONNECTION)
     started = time.time()
-    with harness.storage_context("upload", parallel=args.parallel, rounds=rounds, quick=args.quick,
-                                 in_memory=args.in_memory, keep_work=args.keep_work, variants=variants,
-                                 contenders=kinds) as ctx:
+    with harness.storage_context(
+        "upload",
+        parallel=args.parallel,
+        rounds=rounds,
+        quick=args.quick,
+        in_memory=args.in_memory,
+        keep_work=args.keep_work,
+        variants=variants,
+        contenders=kinds,
+    ) as ctx:
         suite = up.UploadSuite(ctx, sizes, wanted, roots)
         print(
             f"bench: contenders {', '.join(c.name for c in suite.contenders)}; N={args.parallel}; "

@@ -44,14 +44,26 @@ class Scenario:
 
 
 SCENARIOS = {
-    "a": Scenario("a", PhotoSpec(dirs=8, files_per_dir=12, side=512), ("resize=256x256", "charcoal=1"),
-                  "CPU-bound: 96 images of 512x512 in 8 sets, resize=256x256 charcoal=1"),
-    "b": Scenario("b", PhotoSpec(dirs=120, files_per_dir=1, side=64, seed=2), ("flip",),
-                  "client-bound: 120 sets of one 64x64 image, flip"),
+    "a": Scenario(
+        "a",
+        PhotoSpec(dirs=8, files_per_dir=12, side=512),
+        ("resize=256x256", "charcoal=1"),
+        "CPU-bound: 96 images of 512x512 in 8 sets, resize=256x256 charcoal=1",
+    ),
+    "b": Scenario(
+        "b",
+        PhotoSpec(dirs=120, files_per_dir=1, side=64, seed=2),
+        ("flip",),
+        "client-bound: 120 sets of one 64x64 image, flip",
+    ),
 }
 QUICK = {
-    "a": Scenario("a", PhotoSpec(dirs=4, files_per_dir=6, side=256), ("resize=128x128", "charcoal=1"),
-                  "quick: 24 images of 256x256 in 4 sets"),
+    "a": Scenario(
+        "a",
+        PhotoSpec(dirs=4, files_per_dir=6, side=256),
+        ("resize=128x128", "charcoal=1"),
+        "quick: 24 images of 256x256 in 4 sets",
+    ),
     "b": Scenario("b", PhotoSpec(dirs=30, files_per_dir=1, side=64, seed=2), ("flip",), "quick: 30 one-image sets"),
 }
 
@@ -73,19 +85,28 @@ class Cluster:
 
     def _spawn(self, argv: list[str], log: str, env: dict[str, str]) -> None:
         out = open(self.logs / log, "wb")  # noqa: SIM115 - the child keeps it open
-        self.procs.append(subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                           env=env, start_new_session=True))
+        self.procs.append(
+            subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+            )
+        )
         out.close()
 
     def start(self) -> None:
-        base = {k: v for k, v in os.environ.items() if k not in ("AZURE_STORAGE_CONNECTION_STRING",
-                                                                 "CORPUS_ACCOUNT_URL")}
-        self._spawn([DASK, "scheduler", "--host", "127.0.0.1", "--port", str(self.port), "--no-dashboard"],
-                    f"scheduler-{self.workers}.log", base)
+        base = {
+            k: v for k, v in os.environ.items() if k not in ("AZURE_STORAGE_CONNECTION_STRING", "CORPUS_ACCOUNT_URL")
+        }
+        self._spawn(
+            [DASK, "scheduler", "--host", "127.0.0.1", "--port", str(self.port), "--no-dashboard"],
+            f"scheduler-{self.workers}.log",
+            base,
+        )
         # only the workers get the storage credentials; the scheduler never sees them
-        self._spawn([DASK, "worker", self.address, "--nworkers", str(self.workers), "--nthreads", "1",
-                     "--no-dashboard"], f"workers-{self.workers}.log",
-                    {**base, "AZURE_STORAGE_CONNECTION_STRING": self.conn})
+        self._spawn(
+            [DASK, "worker", self.address, "--nworkers", str(self.workers), "--nthreads", "1", "--no-dashboard"],
+            f"workers-{self.workers}.log",
+            {**base, "AZURE_STORAGE_CONNECTION_STRING": self.conn},
+        )
         from distributed import Client
 
         deadline = time.monotonic() + 120
@@ -116,13 +137,21 @@ def corpus_cli(args: list[str], env: dict[str, str]) -> tuple[dict[str, Any], fl
     done = subprocess.run([PY, "-m", "corpus_manager.cli", *args, "--json"], capture_output=True, env=env, cwd=ROOT)
     wall = time.perf_counter() - started
     if done.returncode != 0:
-        raise RuntimeError(f"corpus {' '.join(args[:3])} exited {done.returncode}: "
-                           f"{done.stderr.decode(errors='replace')[-800:]}")
+        raise RuntimeError(
+            f"corpus {' '.join(args[:3])} exited {done.returncode}: {done.stderr.decode(errors='replace')[-800:]}"
+        )
     return json.loads(done.stdout), wall
 
 
-def run_scenario(sc: Scenario, endpoint: azurite.Endpoint, counts: list[int], corpora: Path, logs: Path,
-                 rounds: int, modes: list[str]) -> list[dict[str, Any]]:
+def run_scenario(
+    sc: Scenario,
+    endpoint: azurite.Endpoint,
+    counts: list[int],
+    corpora: Path,
+    logs: Path,
+    rounds: int,
+    modes: list[str],
+) -> list[dict[str, Any]]:
     root = make_photo_corpus(sc.spec, corpora, shutil.which("convert") or "convert")
     corpus = f"dist{sc.key}{int(time.time()) % 100000}"
     env = {**os.environ, "AZURE_STORAGE_CONNECTION_STRING": endpoint.connection_string, "CORPUS_NAME": corpus}
@@ -148,15 +177,28 @@ def run_scenario(sc: Scenario, endpoint: azurite.Endpoint, counts: list[int], co
                 report, wall = corpus_cli(["transform", "bench", "--version", f"{mode}{n}r{r}", *ops, *extra], env)
                 images = report["images"]["transformed"]
                 if images != sc.spec.files or report["failures"]:
-                    raise RuntimeError(f"{mode} with {n}: {images} of {sc.spec.files} images, "
-                                       f"failures {report['failures'][:3]}")
+                    raise RuntimeError(
+                        f"{mode} with {n}: {images} of {sc.spec.files} images, failures {report['failures'][:3]}"
+                    )
                 job = report["elapsed_seconds"]
-                out.append({"scenario": sc.key, "mode": mode, "workers": n, "round": r, "images": images,
-                            "wall_s": round(wall, 3), "job_s": job, "images_per_s": round(images / job, 2),
-                            "load_before": round(load, 2)})
-                print(f"  {sc.key} {mode:5} {n} worker(s) round {r}: {images} images, job {job:.2f} s "
-                      f"({images / job:.1f} images/s), process {wall:.2f} s, load average before {load:.1f}",
-                      flush=True)
+                out.append(
+                    {
+                        "scenario": sc.key,
+                        "mode": mode,
+                        "workers": n,
+                        "round": r,
+                        "images": images,
+                        "wall_s": round(wall, 3),
+                        "job_s": job,
+                        "images_per_s": round(images / job, 2),
+                        "load_before": round(load, 2),
+                    }
+                )
+                print(
+                    f"  {sc.key} {mode:5} {n} worker(s) round {r}: {images} images, job {job:.2f} s "
+                    f"({images / job:.1f} images/s), process {wall:.2f} s, load average before {load:.1f}",
+                    flush=True,
+                )
     finally:
         for cluster in clusters.values():
             cluster.stop()
@@ -175,8 +217,10 @@ def summarize(samples: list[dict[str, Any]]) -> list[str]:
             images = next(s["images"] for s in samples if s["scenario"] == scenario)
             rate, best_rate = images / job, images / best
             base, best_base = base or rate, best_base or best_rate
-            lines.append(f"{scenario:<9} {mode:<6} {n:>7}  {images:>6}  {job:8.2f}  {rate:8.1f}  {rate / base:10.2f}x"
-                         f"  {best:6.2f}  {best_rate:8.1f}  {best_rate / best_base:10.2f}x")
+            lines.append(
+                f"{scenario:<9} {mode:<6} {n:>7}  {images:>6}  {job:8.2f}  {rate:8.1f}  {rate / base:10.2f}x"
+                f"  {best:6.2f}  {best_rate:8.1f}  {best_rate / best_base:10.2f}x"
+            )
     return lines
 
 
@@ -206,15 +250,32 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for sc in wanted:
             print(f"bench: scenario {sc.key}: {sc.what}", flush=True)
-            samples += run_scenario(sc, endpoint, counts, BENCH_DIR / "corpora", work / "logs", args.rounds,
-                                    [m.strip() for m in args.modes.split(",") if m.strip()])
+            samples += run_scenario(
+                sc,
+                endpoint,
+                counts,
+                BENCH_DIR / "corpora",
+                work / "logs",
+                args.rounds,
+                [m.strip() for m in args.modes.split(",") if m.strip()],
+            )
     finally:
         server.stop()
     lines = summarize(samples)
     print("\n".join(lines))
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
-    args.json_out.write_text(json.dumps({"machine": common.machine(), "samples": samples, "table": lines,
-                                         "scenarios": {s.key: s.what for s in wanted}}, indent=2) + "\n")
+    args.json_out.write_text(
+        json.dumps(
+            {
+                "machine": common.machine(),
+                "samples": samples,
+                "table": lines,
+                "scenarios": {s.key: s.what for s in wanted},
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"bench: wrote {args.json_out}")
     return 0
 

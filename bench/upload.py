@@ -305,19 +305,24 @@ def many_sets_ratio(samples: list[Sample], sizes: Sizes, contender: str) -> tupl
     table's other targets use: medians first), with each round's own ratio (the two halves of a round
     ran back to back) to show the spread; None when a half never succeeded."""
     walls: dict[tuple[int, str], float] = {
-        (s.round, s.scenario): s.wall for s in samples if s.contender == contender and s.ok}
+        (s.round, s.scenario): s.wall for s in samples if s.contender == contender and s.ok
+    }
     many, one = e_id(sizes.e_many), e_id(sizes.e_one)
     many_walls = [w for (_, sc), w in walls.items() if sc == many]
     one_walls = [w for (_, sc), w in walls.items() if sc == one]
     if not many_walls or not one_walls:
         return None
-    rounds = [walls[(r, many)] / walls[(r, one)] for r in sorted({r for r, _ in walls})
-              if (r, many) in walls and (r, one) in walls and walls[(r, one)] > 0]
+    rounds = [
+        walls[(r, many)] / walls[(r, one)]
+        for r in sorted({r for r, _ in walls})
+        if (r, many) in walls and (r, one) in walls and walls[(r, one)] > 0
+    ]
     return statistics.median(many_walls) / statistics.median(one_walls), rounds
 
 
-def targets(rows: list[Row], sizes: Sizes, corpus_names: list[str],
-            samples: list[Sample] | None = None) -> list[Verdict]:
+def targets(
+    rows: list[Row], sizes: Sizes, corpus_names: list[str], samples: list[Sample] | None = None
+) -> list[Verdict]:
     by = {(r.scenario, r.contender): r for r in rows}
     out: list[Verdict] = []
     reference = many_sets_ratio(samples or [], sizes, ANCHOR)

@@ -23,8 +23,7 @@ AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 
-def development_connection_string(host: str = "127.0.0.1", blob_port: int = 10000,
-                                  table_port: int = 10002) -> str:
+def development_connection_string(host: str = "127.0.0.1", blob_port: int = 10000, table_port: int = 10002) -> str:
     return (
         f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
         f"BlobEndpoint=http://{host}:{blob_port}/{AZURITE_ACCOUNT};"
@@ -57,15 +56,18 @@ def parse_connection_string(conn_str: str) -> ConnectionInfo:
     """Parse an Azure Storage connection string (and Azurite's shorthand) without echoing it."""
     text = conn_str.strip()
     if not text:
-        raise ConfigError("the connection string is empty; set AZURE_STORAGE_CONNECTION_STRING or "
-                          "pass --connection-string")
+        raise ConfigError(
+            "the connection string is empty; set AZURE_STORAGE_CONNECTION_STRING or pass --connection-string"
+        )
     parts: dict[str, str] = {}
     for piece in filter(None, (p.strip() for p in text.split(";"))):
         key, sep, value = piece.partition("=")
         if not sep or not key:
-            raise ConfigError("the connection string is malformed: expected key=value pairs "
-                              "separated by ';' (e.g. DefaultEndpointsProtocol=https;AccountName=...;"
-                              "AccountKey=...)")
+            raise ConfigError(
+                "the connection string is malformed: expected key=value pairs "
+                "separated by ';' (e.g. DefaultEndpointsProtocol=https;AccountName=...;"
+                "AccountKey=...)"
+            )
         parts[key.strip().lower()] = value.strip()
     if parts.get("usedevelopmentstorage", "").lower() == "true":
         proxy = parts.get("developmentstorageproxyuri")
@@ -79,8 +81,9 @@ def parse_connection_string(conn_str: str) -> ConnectionInfo:
     blob = parts.get("blobendpoint") or (f"{protocol}://{account}.blob.{suffix}" if account else "")
     table = parts.get("tableendpoint") or (f"{protocol}://{account}.table.{suffix}" if account else "")
     if not blob or not table:
-        raise ConfigError("the connection string names no account: it needs AccountName (or BlobEndpoint "
-                          "and TableEndpoint)")
+        raise ConfigError(
+            "the connection string names no account: it needs AccountName (or BlobEndpoint and TableEndpoint)"
+        )
     blob = check_endpoint(blob, "the connection string's BlobEndpoint")
     table = check_endpoint(table, "the connection string's TableEndpoint")
     if not account_key and not sas:
@@ -108,8 +111,10 @@ def table_endpoint_for(account_url: str) -> str:
     elif parts.port is not None and (parts.hostname or "") in _LOCAL_HOSTS:
         host = host.rsplit(":", 1)[0] + f":{parts.port + 2}"
     else:
-        raise ConfigError(f"cannot derive the Table endpoint from {redact(account_url)}: expected a "
-                          "https://ACCOUNT.blob.core.windows.net URL")
+        raise ConfigError(
+            f"cannot derive the Table endpoint from {redact(account_url)}: expected a "
+            "https://ACCOUNT.blob.core.windows.net URL"
+        )
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
@@ -148,12 +153,16 @@ def _from_account_url(account_url: str) -> ConnectionInfo:
         return ConnectionInfo(blob, table, account, use_identity=True)
     query = parse_qs(parts.query)
     if "sig" not in query:
-        raise ConfigError("--account-url has a query string but no SAS signature (sig=): give the bare blob "
-                          "endpoint (signed in with azure-identity) or a SAS URL")
+        raise ConfigError(
+            "--account-url has a query string but no SAS signature (sig=): give the bare blob "
+            "endpoint (signed in with azure-identity) or a SAS URL"
+        )
     services = "".join(query.get("ss", []))
     if "b" not in services or "t" not in services:
-        raise ConfigError("the SAS token in --account-url must be an account SAS for the Blob and Table services "
-                          "(ss=bt): a corpus is a container and tables")
+        raise ConfigError(
+            "the SAS token in --account-url must be an account SAS for the Blob and Table services "
+            "(ss=bt): a corpus is a container and tables"
+        )
     return ConnectionInfo(blob, table, account, sas_token=parts.query)
 
 
@@ -167,8 +176,10 @@ def connection_from_settings(connection_string: str | None = None, account_url: 
         raise ConfigError("--connection-string and --account-url exclude each other: give one of them")
     if connection_string is not None:
         if not connection_string.strip():
-            raise ConfigError("--connection-string is empty: give a connection string, or leave the option out "
-                              f"to use {CONNECTION_STRING_ENV} (default: the local Azurite)")
+            raise ConfigError(
+                "--connection-string is empty: give a connection string, or leave the option out "
+                f"to use {CONNECTION_STRING_ENV} (default: the local Azurite)"
+            )
         return parse_connection_string(connection_string)
     if account_url is not None:
         return _from_account_url(account_url)
@@ -181,8 +192,10 @@ def connection_from_settings(connection_string: str | None = None, account_url: 
 
 def check_corpus_name(name: str) -> str:
     if not CORPUS_NAME_RE.match(name or ""):
-        raise ConfigError(f"corpus name {name!r} is not valid: use 3-40 lower-case letters and digits, "
-                          "starting with a letter (it names a container and three tables)")
+        raise ConfigError(
+            f"corpus name {name!r} is not valid: use 3-40 lower-case letters and digits, "
+            "starting with a letter (it names a container and three tables)"
+        )
     return name
 
 
@@ -192,8 +205,10 @@ def corpus_from_settings(corpus: str | None = None) -> str:
     if corpus is None:
         return check_corpus_name(os.environ.get(CORPUS_ENV) or DEFAULT_CORPUS)
     if not corpus.strip():
-        raise ConfigError("--corpus is empty: give a corpus name (3-40 lower-case letters and digits), or leave "
-                          f"the option out to use {CORPUS_ENV} (default: {DEFAULT_CORPUS})")
+        raise ConfigError(
+            "--corpus is empty: give a corpus name (3-40 lower-case letters and digits), or leave "
+            f"the option out to use {CORPUS_ENV} (default: {DEFAULT_CORPUS})"
+        )
     return check_corpus_name(corpus)
 
 

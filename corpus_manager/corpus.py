@@ -23,8 +23,14 @@ class Corpus:
     ...     report = await corpus.upload("photos/", version="v1")
     """
 
-    def __init__(self, name: str | None = None, *, connection_string: str | None = None,
-                 account_url: str | None = None, pool_size: int = 64) -> None:
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        connection_string: str | None = None,
+        account_url: str | None = None,
+        pool_size: int = 64,
+    ) -> None:
         self.name = corpus_from_settings(name)
         self.connection = connection_from_settings(connection_string, account_url)
         self.storage = Storage(self.connection, self.name, pool_size=pool_size)
@@ -49,24 +55,46 @@ class Corpus:
     def __repr__(self) -> str:
         return f"Corpus({self.name!r}, {self.connection!r})"
 
-    async def upload(self, root: str, version: str, *, extensions: Any = None, max_parallel_uploads: int = 20,
-                     max_parallel_upserts: int = 5, dry_run: bool = False,
-                     progress: ProgressSink | None = None, report: UploadReport | None = None) -> UploadReport:
+    async def upload(
+        self,
+        root: str,
+        version: str,
+        *,
+        extensions: Any = None,
+        max_parallel_uploads: int = 20,
+        max_parallel_upserts: int = 5,
+        dry_run: bool = False,
+        progress: ProgressSink | None = None,
+        report: UploadReport | None = None,
+    ) -> UploadReport:
         """Crawl ``root`` and upload each directory of images as an ImageSet of ``version``."""
         self.storage.pool_size = max(self.storage.pool_size, max_parallel_uploads)
         report = report if report is not None else UploadReport(root=root, version=version)
         before = self.storage.stats.retries
         try:
-            return await upload_tree(self.storage, root, version, extensions=extensions,
-                                     max_parallel_uploads=max_parallel_uploads,
-                                     max_parallel_upserts=max_parallel_upserts, dry_run=dry_run, progress=progress,
-                                     report=report)
+            return await upload_tree(
+                self.storage,
+                root,
+                version,
+                extensions=extensions,
+                max_parallel_uploads=max_parallel_uploads,
+                max_parallel_upserts=max_parallel_upserts,
+                dry_run=dry_run,
+                progress=progress,
+                report=report,
+            )
         finally:
             report.retries = self.storage.stats.retries - before  # an interrupted run's report says it too
 
-    async def query(self, tags: tuple[str, ...] | list[str] | str = (), *, any_tag: bool = False,
-                    version: str | None = None, transform: str | None = None,
-                    originals: bool = False) -> QueryResult:
+    async def query(
+        self,
+        tags: tuple[str, ...] | list[str] | str = (),
+        *,
+        any_tag: bool = False,
+        version: str | None = None,
+        transform: str | None = None,
+        originals: bool = False,
+    ) -> QueryResult:
         """The complete sets with all ``tags`` (any of them with ``any_tag``; case-insensitive), of
         ``version``, made by ``transform`` (``NAME`` or ``NAME@TV``) or ``originals`` only; sorted by
         (path, version, transform). No tags: every complete set."""
@@ -74,10 +102,20 @@ class Corpus:
         await open_for_reading(self.storage)
         return await query_sets(self.storage, filters)
 
-    async def download(self, out: str, tags: tuple[str, ...] | list[str] | str = (), *, any_tag: bool = False,
-                       version: str | None = None, transform: str | None = None, originals: bool = False,
-                       manifest: str | None = None, max_parallel_downloads: int = 20,
-                       progress: ProgressSink | None = None, report: DownloadReport | None = None) -> DownloadReport:
+    async def download(
+        self,
+        out: str,
+        tags: tuple[str, ...] | list[str] | str = (),
+        *,
+        any_tag: bool = False,
+        version: str | None = None,
+        transform: str | None = None,
+        originals: bool = False,
+        manifest: str | None = None,
+        max_parallel_downloads: int = 20,
+        progress: ProgressSink | None = None,
+        report: DownloadReport | None = None,
+    ) -> DownloadReport:
         """Download the images of the sets ``query`` would return into ``out`` (by blob name), and
         write ``manifest`` (``.jsonl`` or ``.csv``) if given."""
         filters = QueryFilter(_tag_tuple(tags), any_tag, version, transform, originals)
@@ -86,30 +124,53 @@ class Corpus:
         await open_for_reading(self.storage)
         result = report
         try:
-            result = await download_sets(self.storage, out, filters, manifest=manifest,
-                                         max_parallel_downloads=max_parallel_downloads, progress=progress,
-                                         report=report)
+            result = await download_sets(
+                self.storage,
+                out,
+                filters,
+                manifest=manifest,
+                max_parallel_downloads=max_parallel_downloads,
+                progress=progress,
+                report=report,
+            )
             return result
         finally:
             if result is not None:  # an interrupted run's report says it too
                 result.retries = self.storage.stats.retries - before
 
-    async def status(self, *, repair: bool = False, verify: bool = False, max_parallel_upserts: int = 5,
-                     progress: ProgressSink | None = None) -> StatusReport:
+    async def status(
+        self,
+        *,
+        repair: bool = False,
+        verify: bool = False,
+        max_parallel_upserts: int = 5,
+        progress: ProgressSink | None = None,
+    ) -> StatusReport:
         """Sets by status, totals, per-transform progress and tag counts; ``repair`` indexes complete
         sets that have no tag rows; ``verify`` lists every complete set and sets back to pending those
         whose blobs storage lost (one listing per set: see ``corpus_manager.verify``)."""
         await open_for_reading(self.storage)
-        return await corpus_status(self.storage, repair=repair, verify=verify,
-                                   max_parallel_upserts=max_parallel_upserts,
-                                   progress=progress)
+        return await corpus_status(
+            self.storage, repair=repair, verify=verify, max_parallel_upserts=max_parallel_upserts, progress=progress
+        )
 
-    async def transform(self, name: str, version: str, *, ops: list[str] | tuple[str, ...] | None = None,
-                        spec_file: str | None = None, tags: tuple[str, ...] | list[str] = (),
-                        source_version: str | None = None, source: str | None = None, workers: int | None = None,
-                        dry_run: bool = False, progress: ProgressSink | None = None,
-                        report: TransformReport | None = None, pool: Executor | None = None,
-                        scheduler: str | None = None) -> TransformReport:
+    async def transform(
+        self,
+        name: str,
+        version: str,
+        *,
+        ops: list[str] | tuple[str, ...] | None = None,
+        spec_file: str | None = None,
+        tags: tuple[str, ...] | list[str] = (),
+        source_version: str | None = None,
+        source: str | None = None,
+        workers: int | None = None,
+        dry_run: bool = False,
+        progress: ProgressSink | None = None,
+        report: TransformReport | None = None,
+        pool: Executor | None = None,
+        scheduler: str | None = None,
+    ) -> TransformReport:
         """Register transform ``name@version`` (``ops`` like ``["resize=256x256", "charcoal=2"]`` or a
         ``spec_file``) and apply it to every complete source set (originals, or the outputs of
         ``source`` = ``NAME2@TV2``) with all ``tags`` and ``source_version`` that has no complete output.
@@ -120,9 +181,21 @@ class Corpus:
         report = report if report is not None else TransformReport(name, version)
         before = self.storage.stats.retries
         try:
-            return await run_transform(self.storage, name, version, spec, tags=tags, source_version=source_version,
-                                       source=source, workers=workers, dry_run=dry_run, progress=progress,
-                                       report=report, pool=pool, scheduler=scheduler)
+            return await run_transform(
+                self.storage,
+                name,
+                version,
+                spec,
+                tags=tags,
+                source_version=source_version,
+                source=source,
+                workers=workers,
+                dry_run=dry_run,
+                progress=progress,
+                report=report,
+                pool=pool,
+                scheduler=scheduler,
+            )
         finally:
             report.retries = self.storage.stats.retries - before
 

@@ -64,18 +64,22 @@ def require_distributed() -> ModuleType:
     except ImportError as exc:
         raise ConfigError(
             "--scheduler needs Dask's distributed scheduler, an optional extra that is not installed "
-            f"({exc.name or exc}): pip install 'corpus-manager[distributed]'") from None
+            f"({exc.name or exc}): pip install 'corpus-manager[distributed]'"
+        ) from None
     return distributed
 
 
 def check_cluster_options(scheduler: str, workers: int | None) -> None:
     """Usage errors of a cluster run, found before anything is read or written."""
     if not scheduler.strip():
-        raise ConfigError(f"--scheduler ({SCHEDULER_ENV}) is empty: give the scheduler's address, e.g. "
-                          "tcp://10.0.0.4:8786")
+        raise ConfigError(
+            f"--scheduler ({SCHEDULER_ENV}) is empty: give the scheduler's address, e.g. tcp://10.0.0.4:8786"
+        )
     if workers is not None:
-        raise ConfigError("--workers sizes the local process pool; with --scheduler the cluster's workers do the "
-                          "work (start more `dask worker` processes to scale)")
+        raise ConfigError(
+            "--workers sizes the local process pool; with --scheduler the cluster's workers do the "
+            "work (start more `dask worker` processes to scale)"
+        )
     require_distributed()
 
 
@@ -127,7 +131,8 @@ def worker_connection() -> ConnectionInfo:
         raise WorkerConfigError(
             f"Dask worker {_worker_name()} has no storage credentials: set {CONNECTION_ENV} (or {ACCOUNT_URL_ENV} "
             "for a managed identity) in the environment of every `dask worker`; credentials are never sent "
-            "through the scheduler")
+            "through the scheduler"
+        )
     try:
         return connection_from_settings()  # the environment's rule: the connection string wins over the URL
     except ConfigError as exc:
@@ -142,10 +147,12 @@ def transform_chunk(corpus: str, spec_json: str, pairs: Sequence[tuple[str, str]
     return asyncio.run(_transform_chunk(info, corpus, spec_json, pairs))
 
 
-async def _transform_chunk(info: ConnectionInfo, corpus: str, spec_json: str,
-                           pairs: Sequence[tuple[str, str]]) -> ChunkResult:
+async def _transform_chunk(
+    info: ConnectionInfo, corpus: str, spec_json: str, pairs: Sequence[tuple[str, str]]
+) -> ChunkResult:
     files: list[FileResult] = []
     async with Storage(info, corpus, pool_size=IO_IN_FLIGHT) as storage:
+
         async def one(pair: tuple[str, str]) -> FileResult:
             return await _transform_one(storage, spec_json, *pair)
 
@@ -183,8 +190,10 @@ def chunk_size(todo: int, threads: int) -> int:
 
 
 async def _connect(distributed: ModuleType, scheduler: str) -> Any:
-    hint = (f"start one with `dask scheduler` and workers with `dask worker {scheduler}`, or fix --scheduler "
-            f"({SCHEDULER_ENV})")
+    hint = (
+        f"start one with `dask scheduler` and workers with `dask worker {scheduler}`, or fix --scheduler "
+        f"({SCHEDULER_ENV})"
+    )
     client = None
     try:
         client = distributed.Client(scheduler, asynchronous=True, timeout=CONNECT_TIMEOUT, set_as_default=False)
@@ -194,16 +203,19 @@ async def _connect(distributed: ModuleType, scheduler: str) -> Any:
             with contextlib.suppress(Exception):  # is a coroutine nobody awaits (a RuntimeWarning)
                 await client.close()
         detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
-        raise ConfigError(f"cannot reach the Dask scheduler at {redact(scheduler)} ({redact(detail)}); "
-                          f"{hint}") from None
+        raise ConfigError(
+            f"cannot reach the Dask scheduler at {redact(scheduler)} ({redact(detail)}); {hint}"
+        ) from None
 
 
 async def _worker_threads(client: Any, scheduler: str) -> int:
     try:
         await client.wait_for_workers(1, timeout=WORKER_WAIT)
     except TimeoutError:
-        raise ConfigError(f"the Dask scheduler at {redact(scheduler)} has no workers after {WORKER_WAIT:.0f} s: "
-                          f"start some with `{CONNECTION_ENV}=... dask worker {scheduler} --nthreads 1`") from None
+        raise ConfigError(
+            f"the Dask scheduler at {redact(scheduler)} has no workers after {WORKER_WAIT:.0f} s: "
+            f"start some with `{CONNECTION_ENV}=... dask worker {scheduler} --nthreads 1`"
+        ) from None
     return max(1, sum((await client.nthreads()).values()))
 
 
@@ -224,11 +236,17 @@ class _ClusterJob(SetJob):
     counter: itertools.count[int] = field(default_factory=itertools.count)
 
     async def run_chunk(self, pairs: list[tuple[str, str]]) -> ChunkResult:
-        future = self.client.submit(transform_chunk, self.storage.corpus, self.spec.canonical_json(), pairs,
-                                    key=f"corpus-transform-{self.token}-{next(self.counter)}", pure=False,
-                                    retries=TASK_RETRIES)
+        future = self.client.submit(
+            transform_chunk,
+            self.storage.corpus,
+            self.spec.canonical_json(),
+            pairs,
+            key=f"corpus-transform-{self.token}-{next(self.counter)}",
+            pure=False,
+            retries=TASK_RETRIES,
+        )
         try:
-            return await future  # type: ignore[no-any-return]
+            return await future
         finally:
             future.release()
 
@@ -236,22 +254,28 @@ class _ClusterJob(SetJob):
         if isinstance(error, self.killed_worker):
             tries = getattr(error, "allowed_failures", None)
             last = getattr(getattr(error, "last_worker", None), "address", None)
-            return (f"the Dask workers running it died ({tries + 1 if tries is not None else 'several'} tries"
-                    + (f", the last on {last}" if last else "") + "); see the workers' logs (out of memory?)")
+            return (
+                f"the Dask workers running it died ({tries + 1 if tries is not None else 'several'} tries"
+                + (f", the last on {last}" if last else "")
+                + "); see the workers' logs (out of memory?)"
+            )
         return _reason(error)
 
-    async def process(self, source: ImageSet, identity: SetIdentity, todo: list[str],
-                      out: TransformSetOutcome) -> None:
+    async def process(self, source: ImageSet, identity: SetIdentity, todo: list[str], out: TransformSetOutcome) -> None:
         # the set's lifecycle is transform.SetJob's; only the per-image work goes to the cluster
         storage, spec = self.storage, self.spec
         size = chunk_size(len(todo), self.threads)
-        chunks = [[(source.blob_prefix + n, identity.blob_name(transforms.output_name(n, spec)))
-                   for n in todo[i:i + size]] for i in range(0, len(todo), size)]
+        chunks = [
+            [(source.blob_prefix + n, identity.blob_name(transforms.output_name(n, spec))) for n in todo[i : i + size]]
+            for i in range(0, len(todo), size)
+        ]
         lost: dict[str, int] = {}  # reason a whole chunk failed -> images it held
         async for o in self.chunks.map(self.run_chunk, chunks):
             if o.error is None and o.result is not None and o.result.account != storage.info.account_name:
-                o.error = CorpusError(f"Dask worker {o.result.worker} stores to account {o.result.account!r}, this "
-                                      f"client to {storage.info.account_name!r}: give the workers the same account")
+                o.error = CorpusError(
+                    f"Dask worker {o.result.worker} stores to account {o.result.account!r}, this "
+                    f"client to {storage.info.account_name!r}: give the workers the same account"
+                )
             if o.error is not None:
                 reason = self.chunk_reason(o.error)
                 lost[reason] = lost.get(reason, 0) + len(o.item)
@@ -270,13 +294,25 @@ class _ClusterJob(SetJob):
             out.bytes += nbytes
             self.progress.advance(files=len(o.item), nbytes=nbytes)
         for reason, count in lost.items():
-            self.report.failures.append(Failure(f"set {source.identity}",
-                                                f"{count} of {len(todo)} images not transformed: {reason}"))
+            self.report.failures.append(
+                Failure(f"set {source.identity}", f"{count} of {len(todo)} images not transformed: {reason}")
+            )
 
 
-async def run_on_cluster(storage: Storage, name: str, version: str, spec: Spec, plans: list[_Plan], *,
-                         scheduler: str, registered: bool, source_label: str, report: TransformReport,
-                         progress: ProgressSink, max_parallel_upserts: int) -> None:
+async def run_on_cluster(
+    storage: Storage,
+    name: str,
+    version: str,
+    spec: Spec,
+    plans: list[_Plan],
+    *,
+    scheduler: str,
+    registered: bool,
+    source_label: str,
+    report: TransformReport,
+    progress: ProgressSink,
+    max_parallel_upserts: int,
+) -> None:
     """Run the planned sets on the Dask cluster at ``scheduler``; fills ``report`` as the local pool does."""
     distributed = require_distributed()
     client = await _connect(distributed, scheduler)
@@ -290,9 +326,19 @@ async def run_on_cluster(storage: Storage, name: str, version: str, spec: Spec, 
             report.registered = await register_transform(storage, name, version, spec, source_label, im_version)
         progress.grow(files=sum(p.source.image_count for p in plans))
         # two tasks per worker thread: one running, one queued, so no worker waits on the client
-        job = _ClusterJob(client, distributed.KilledWorker, storage, name, version, spec,
-                          ThrottleWork(max(2, 2 * threads)), ThrottleWork(max_parallel_upserts), threads, progress,
-                          report)
+        job = _ClusterJob(
+            client,
+            distributed.KilledWorker,
+            storage,
+            name,
+            version,
+            spec,
+            ThrottleWork(max(2, 2 * threads)),
+            ThrottleWork(max_parallel_upserts),
+            threads,
+            progress,
+            report,
+        )
         outcomes = {id(p): TransformSetOutcome(p.source.path, p.source.version, "interrupted") for p in plans}
 
         async def run_one(plan: _Plan) -> TransformSetOutcome:

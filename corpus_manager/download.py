@@ -34,7 +34,7 @@ from typing import IO, Any
 try:
     import fcntl  # POSIX: a temporary file's owner holds a lock on it (see _remove_if_abandoned)
 except ImportError:  # Windows refuses to delete a file another process has open, which serves the same end
-    fcntl = None  # type: ignore[assignment]
+    fcntl = None  # type: ignore[assignment]  # the module, or None where the OS has none
 
 from .errors import ConfigError, CorpusError
 from .query import QueryFilter, SetRow, query_sets
@@ -42,8 +42,17 @@ from .results import Failure, NullProgress, ProgressSink
 from .storage import BlobInfo, Storage
 from .throttle import ThrottleWork, open_file_cap
 
-MANIFEST_FIELDS = ("local_path", "blob_name", "set_path", "tags", "version", "transform_name",
-                   "transform_version", "bytes", "md5")
+MANIFEST_FIELDS = (
+    "local_path",
+    "blob_name",
+    "set_path",
+    "tags",
+    "version",
+    "transform_name",
+    "transform_version",
+    "bytes",
+    "md5",
+)
 _HASH_CHUNK = 1 << 20
 _DRIVE = re.compile(r"^[A-Za-z]:")
 # Spreadsheets run a cell that starts with one of these as a formula.
@@ -174,8 +183,12 @@ class DownloadReport:
             "manifest": self.manifest,
             "manifest_error": self.manifest_error,
             "sets": self.sets,
-            "files": {"downloaded": self.files_downloaded, "already_present": self.files_present,
-                      "failed": self.files_failed, "refused": self.files_refused},
+            "files": {
+                "downloaded": self.files_downloaded,
+                "already_present": self.files_present,
+                "failed": self.files_failed,
+                "refused": self.files_refused,
+            },
             "interrupted": self.interrupted,
             "files_not_done": self.files_not_done,  # of the selected sets' images, when interrupted
             "bytes_downloaded": self.bytes_downloaded,
@@ -316,8 +329,10 @@ class _TempFile:
                 message = self.messages.get()
             # the blob may have been replaced since the listing: its own Content-MD5 is the authority
             if h.hexdigest() != message.expected_md5:
-                raise ChecksumMismatch(f"downloaded content has MD5 {h.hexdigest()} but the blob's Content-MD5 "
-                                       f"is {message.expected_md5}; not written")
+                raise ChecksumMismatch(
+                    f"downloaded content has MD5 {h.hexdigest()} but the blob's Content-MD5 "
+                    f"is {message.expected_md5}; not written"
+                )
             fh.flush()
             # renamed while still open and locked, so no other run's cleanup can take it meanwhile; counted
             # in the same step, so the summary's count is the files that are there
@@ -337,8 +352,9 @@ class _TempFile:
 
 
 class _Downloader:
-    def __init__(self, storage: Storage, out_root: Path, limit: int, progress: ProgressSink,
-                 report: DownloadReport) -> None:
+    def __init__(
+        self, storage: Storage, out_root: Path, limit: int, progress: ProgressSink, report: DownloadReport
+    ) -> None:
         self.storage = storage
         self.out_root = out_root
         self.limit = limit
@@ -359,8 +375,10 @@ class _Downloader:
                 continue
             blobs = o.result or {}
             if len(blobs) != row.images:
-                note = (f"set {row.identity} lists {len(blobs)} blobs under {row.blob_prefix} but its row "
-                        f"says {row.images} images")
+                note = (
+                    f"set {row.identity} lists {len(blobs)} blobs under {row.blob_prefix} but its row "
+                    f"says {row.images} images"
+                )
                 self.report.warnings.append(note)
                 self.progress.note(note)
             self.progress.grow(files=len(blobs), nbytes=sum(b.size for b in blobs.values()))
@@ -435,9 +453,17 @@ class _Downloader:
 
     @staticmethod
     def record(row: SetRow, target: Path, name: str, size: int, md5_hex: str) -> FileRecord:
-        return FileRecord(local_path=str(target), blob_name=name, set_path=row.path, tags=list(row.tags),
-                          version=row.version, transform_name=row.transform_name,
-                          transform_version=row.transform_version, bytes=size, md5=md5_hex)
+        return FileRecord(
+            local_path=str(target),
+            blob_name=name,
+            set_path=row.path,
+            tags=list(row.tags),
+            version=row.version,
+            transform_name=row.transform_name,
+            transform_version=row.transform_version,
+            bytes=size,
+            md5=md5_hex,
+        )
 
 
 def _reason(exc: BaseException) -> str:
@@ -477,9 +503,16 @@ def write_manifest(path: str, records: list[FileRecord]) -> None:
         raise
 
 
-async def download_sets(storage: Storage, out: str, filters: QueryFilter | None = None, *,
-                        manifest: str | None = None, max_parallel_downloads: int = 20,
-                        progress: ProgressSink | None = None, report: DownloadReport | None = None) -> DownloadReport:
+async def download_sets(
+    storage: Storage,
+    out: str,
+    filters: QueryFilter | None = None,
+    *,
+    manifest: str | None = None,
+    max_parallel_downloads: int = 20,
+    progress: ProgressSink | None = None,
+    report: DownloadReport | None = None,
+) -> DownloadReport:
     """Download every image of the complete sets ``filters`` selects into ``out``. See the module docstring.
 
     Pass ``report`` to have it filled in place: if the run is cancelled (Ctrl-C), it still says what
@@ -495,8 +528,7 @@ async def download_sets(storage: Storage, out: str, filters: QueryFilter | None 
     started = time.perf_counter()
     # each download holds a socket and a file, and as many set listings (a socket each) may run beside
     # them: never more in flight than the open-file limit holds
-    max_parallel_downloads, capped = open_file_cap(max_parallel_downloads, "--max-parallel-downloads",
-                                                   per_item=3)
+    max_parallel_downloads, capped = open_file_cap(max_parallel_downloads, "--max-parallel-downloads", per_item=3)
     result = await query_sets(storage, filters)
     if report is None:
         report = DownloadReport(out=str(out_path.resolve()))

@@ -53,6 +53,8 @@ def unescape(key: str) -> str:
 def check_key(key: str, what: str) -> str:
     units = len(key.encode("utf-16-le", "surrogatepass")) // 2
     if units > MAX_KEY_UNITS:
-        raise InvalidName(f"{what} is too long for a Table key ({units} UTF-16 units after escaping; Table "
-                          f"Storage allows 1 KiB = {MAX_KEY_UNITS})")
+        raise InvalidName(
+            f"{what} is too long for a Table key ({units} UTF-16 units after escaping; Table "
+            f"Storage allows 1 KiB = {MAX_KEY_UNITS})"
+        )
     return key

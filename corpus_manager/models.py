@@ -17,9 +17,11 @@ MAX_BLOB_NAME = 1024
 # os.fsdecode turns each byte of a name that is not UTF-8 into a lone surrogate
 _NOT_UTF8 = re.compile("[\ud800-\udfff]")
 # backslash, C0 controls, DEL, C1 controls, and the 66 Unicode noncharacters (see name_problem)
-_BAD_NAME_CHAR = re.compile("[\\\\\x00-\x1f\x7f-\x9f\ufdd0-\ufdef"
-                            + "".join(f"{chr(p + 0xFFFE)}{chr(p + 0xFFFF)}" for p in range(0, 0x110000, 0x10000))
-                            + "]")
+_BAD_NAME_CHAR = re.compile(
+    "[\\\\\x00-\x1f\x7f-\x9f\ufdd0-\ufdef"
+    + "".join(f"{chr(p + 0xFFFE)}{chr(p + 0xFFFF)}" for p in range(0, 0x110000, 0x10000))
+    + "]"
+)
 PENDING = "pending"
 COMPLETE = "complete"
 ORIGINAL_PARTITION = "original"
@@ -28,8 +30,9 @@ ORIGINAL_PARTITION = "original"
 def check_name(value: str, what: str) -> str:
     """Versions, transform names and transform versions: `^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`."""
     if not isinstance(value, str) or not NAME_RE.match(value):
-        raise InvalidName(f"{what} {value!r} is not valid: use 1-64 letters, digits, '.', '_' or '-', "
-                          "starting with a letter or digit")
+        raise InvalidName(
+            f"{what} {value!r} is not valid: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
     return value
 
 
@@ -53,8 +56,10 @@ def name_problem(name: str) -> str | None:
     if ch == "\\":
         return "name contains a backslash, which Azure Blob Storage stores as '/' (rename it)"
     if ord(ch) <= 0x9F:
-        return (f"name contains the control character U+{ord(ch):04X}, which Azure Blob Storage refuses in "
-                "blob names (rename it)")
+        return (
+            f"name contains the control character U+{ord(ch):04X}, which Azure Blob Storage refuses in "
+            "blob names (rename it)"
+        )
     return f"name contains the Unicode noncharacter U+{ord(ch):04X}, which is not for interchange (rename it)"
 
 
@@ -130,8 +135,9 @@ class SetIdentity:
             raise InvalidName(f"file {file_name!r}: {problem}")
         name = self.blob_prefix + file_name
         if len(name) > MAX_BLOB_NAME:
-            raise InvalidName(f"blob name for {self.path}/{file_name} is {len(name)} characters; "
-                              f"the limit is {MAX_BLOB_NAME}")
+            raise InvalidName(
+                f"blob name for {self.path}/{file_name} is {len(name)} characters; the limit is {MAX_BLOB_NAME}"
+            )
         return name
 
     def derived(self, transform_name: str, transform_version: str) -> SetIdentity:
@@ -309,8 +315,9 @@ class ImageTransform:
                 source=entity.get("Source") or "original",
             )
         except (KeyError, InvalidName) as exc:
-            raise CorruptRow(f"ImageTransforms row ({entity.get('PartitionKey')!r}, "
-                             f"{entity.get('RowKey')!r}) is corrupt: {exc}") from None
+            raise CorruptRow(
+                f"ImageTransforms row ({entity.get('PartitionKey')!r}, {entity.get('RowKey')!r}) is corrupt: {exc}"
+            ) from None
 
 
 def tag_partition(tag: str) -> str:
@@ -322,18 +329,20 @@ def tag_rows(image_set: ImageSet) -> list[dict[str, Any]]:
     ident = image_set.identity
     rows = []
     for tag in image_set.tags:
-        rows.append({
-            "PartitionKey": tag_partition(tag),
-            "RowKey": check_key(escape(ident.key), f"set {ident}"),
-            "Tag": tag,
-            "Path": ident.path,
-            "Version": ident.version,
-            "Tags": json.dumps(image_set.tags, ensure_ascii=False),
-            "TransformName": ident.transform_name,
-            "TransformVersion": ident.transform_version,
-            "BlobPrefix": ident.blob_prefix,
-            "ImageCount": image_set.image_count,
-            "TotalBytes": image_set.total_bytes,
-            "ContentDigest": image_set.content_digest,
-        })
+        rows.append(
+            {
+                "PartitionKey": tag_partition(tag),
+                "RowKey": check_key(escape(ident.key), f"set {ident}"),
+                "Tag": tag,
+                "Path": ident.path,
+                "Version": ident.version,
+                "Tags": json.dumps(image_set.tags, ensure_ascii=False),
+                "TransformName": ident.transform_name,
+                "TransformVersion": ident.transform_version,
+                "BlobPrefix": ident.blob_prefix,
+                "ImageCount": image_set.image_count,
+                "TotalBytes": image_set.total_bytes,
+                "ContentDigest": image_set.content_digest,
+            }
+        )
     return rows

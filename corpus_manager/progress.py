@@ -64,16 +64,20 @@ class BarProgress:
             from rich.markup import escape
 
             # the message is text, not markup: a path holding "[/]" or "[draft]" prints as it is
-            self._progress.console.print(f"[yellow]warning:[/] {escape(printable(message))}", markup=True,
-                                         highlight=False)
+            self._progress.console.print(
+                f"[yellow]warning:[/] {escape(printable(message))}", markup=True, highlight=False
+            )
 
 
 # Control characters shown escaped: a file name with a newline stays on its line, and a name cannot
 # send escape sequences to the terminal (C0, DEL and the C1 block, whose U+009B some terminals take
 # for ESC [). A byte of a non-UTF-8 name (a lone surrogate) shows as \xNN.
-_CONTROL = ({i: f"\\x{i:02x}" for i in (*range(0x20), 0x7F)} | {9: "\\t", 10: "\\n", 13: "\\r"}
-            | {i: f"\\u{i:04x}" for i in range(0x80, 0xA0)}
-            | {i: f"\\x{i - 0xDC00:02x}" for i in range(0xDC80, 0xDD00)})
+_CONTROL = (
+    {i: f"\\x{i:02x}" for i in (*range(0x20), 0x7F)}
+    | {9: "\\t", 10: "\\n", 13: "\\r"}
+    | {i: f"\\u{i:04x}" for i in range(0x80, 0xA0)}
+    | {i: f"\\x{i - 0xDC00:02x}" for i in range(0xDC80, 0xDD00)}
+)
 
 
 def printable(text: str) -> str:

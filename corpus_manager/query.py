@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,15 +143,26 @@ class SetRow:
         return (self.path, self.version, self.transform_name, self.transform_version)
 
     def to_json(self) -> dict[str, Any]:
-        transform = ({"name": self.transform_name, "version": self.transform_version}
-                     if self.transform_name else None)
-        return {"path": self.path, "version": self.version, "tags": list(self.tags), "transform": transform,
-                "images": self.images, "bytes": self.bytes, "blob_prefix": self.blob_prefix}
+        transform = {"name": self.transform_name, "version": self.transform_version} if self.transform_name else None
+        return {
+            "path": self.path,
+            "version": self.version,
+            "tags": list(self.tags),
+            "transform": transform,
+            "images": self.images,
+            "bytes": self.bytes,
+            "blob_prefix": self.blob_prefix,
+        }
 
     @classmethod
     def from_image_set(cls, image_set: ImageSet) -> SetRow:
-        return cls(image_set.identity, tuple(image_set.tags), image_set.image_count, image_set.total_bytes,
-                   image_set.content_digest)
+        return cls(
+            image_set.identity,
+            tuple(image_set.tags),
+            image_set.image_count,
+            image_set.total_bytes,
+            image_set.content_digest,
+        )
 
     @classmethod
     def from_index(cls, entity: Mapping[str, Any]) -> SetRow:
@@ -159,8 +170,12 @@ class SetRow:
         partition, so a tampered row can never point a download at another prefix."""
         pk, rk = entity.get("PartitionKey", ""), entity.get("RowKey", "")
         try:
-            identity = SetIdentity(str(entity.get("Path", "")), str(entity.get("Version", "")),
-                                   str(entity.get("TransformName") or ""), str(entity.get("TransformVersion") or ""))
+            identity = SetIdentity(
+                str(entity.get("Path", "")),
+                str(entity.get("Version", "")),
+                str(entity.get("TransformName") or ""),
+                str(entity.get("TransformVersion") or ""),
+            )
             try:
                 tags = json.loads(entity.get("Tags") or "[]")
             except ValueError:
@@ -219,8 +234,9 @@ class _PartitionReader:
         self.rows: dict[str, Mapping[str, Any]] = {}
         self.done = False
         where = " and ".join(["PartitionKey eq @pk", *clauses])
-        self._pages: AsyncIterator[tuple[list[dict[str, Any]], bool]] = storage.query_pages(
-            storage.tags, where, {**params, "pk": partition}, page_size=PAGE_SIZE)
+        self._pages: AsyncGenerator[tuple[list[dict[str, Any]], bool]] = storage.query_pages(
+            storage.tags, where, {**params, "pk": partition}, page_size=PAGE_SIZE
+        )
 
     async def next_page(self) -> None:
         page = await anext(self._pages, None)
@@ -237,7 +253,7 @@ class _PartitionReader:
             await self.next_page()
 
     async def close(self) -> None:
-        await self._pages.aclose()  # type: ignore[attr-defined]
+        await self._pages.aclose()
 
 
 async def _tags_or(readers: list[_PartitionReader]) -> dict[str, Mapping[str, Any]]:
@@ -352,5 +368,7 @@ async def open_for_reading(storage: Storage) -> None:
     try:
         await storage.ensure(create=False)
     except NotFound:
-        raise ConfigError(f"corpus {storage.corpus!r} does not exist (no container {storage.corpus!r}); "
-                          "check --corpus, or upload to create it") from None
+        raise ConfigError(
+            f"corpus {storage.corpus!r} does not exist (no container {storage.corpus!r}); "
+            "check --corpus, or upload to create it"
+        ) from None

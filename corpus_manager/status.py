@@ -46,9 +46,16 @@ class TransformStatus:
         return f"{self.name}@{self.version}"
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "source": self.source, "registered": self.registered,
-                "command_line": self.command_line, "done": self.done, "missing": self.missing,
-                "pending": self.pending}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "source": self.source,
+            "registered": self.registered,
+            "command_line": self.command_line,
+            "done": self.done,
+            "missing": self.missing,
+            "pending": self.pending,
+        }
 
 
 @dataclass
@@ -75,8 +82,13 @@ class StatusReport:
     def to_json(self) -> dict[str, Any]:
         return {
             "corpus": self.corpus,
-            "sets": {"complete": self.complete, "pending": len(self.pending), "unindexed": len(self.unindexed),
-                     "originals": self.originals, "transform_outputs": self.outputs},
+            "sets": {
+                "complete": self.complete,
+                "pending": len(self.pending),
+                "unindexed": len(self.unindexed),
+                "originals": self.originals,
+                "transform_outputs": self.outputs,
+            },
             "pending": self.pending,
             "unindexed": self.unindexed,
             "images": self.images,
@@ -110,8 +122,14 @@ def _source_of(registered: dict[str, Any] | None, outputs: list[ImageSet]) -> st
     return families.most_common(1)[0][0] if families else ORIGINALS
 
 
-async def corpus_status(storage: Storage, *, repair: bool = False, verify: bool = False,
-                        max_parallel_upserts: int = 5, progress: ProgressSink | None = None) -> StatusReport:
+async def corpus_status(
+    storage: Storage,
+    *,
+    repair: bool = False,
+    verify: bool = False,
+    max_parallel_upserts: int = 5,
+    progress: ProgressSink | None = None,
+) -> StatusReport:
     """``verify``: list every complete set and set back to pending those whose blobs do not match
     their row (see ``verify.py``); the report is of the corpus after that."""
     progress = progress or NullProgress()
@@ -129,8 +147,13 @@ async def corpus_status(storage: Storage, *, repair: bool = False, verify: bool 
         try:
             t = ImageTransform.from_entity(entity)
         except CorruptRow as exc:
-            report.problems.append(Failure(f"{storage.transforms.table_name} ({entity.get('PartitionKey')!r}, "
-                                           f"{entity.get('RowKey')!r})", str(exc), "corrupt"))
+            report.problems.append(
+                Failure(
+                    f"{storage.transforms.table_name} ({entity.get('PartitionKey')!r}, {entity.get('RowKey')!r})",
+                    str(exc),
+                    "corrupt",
+                )
+            )
             progress.note(str(exc))
             continue
         registered[(t.name, t.version)] = (t, dict(entity))
@@ -167,8 +190,13 @@ async def _load_sets(storage: Storage, report: StatusReport, progress: ProgressS
         try:
             sets.append(ImageSet.from_entity(entity))
         except CorruptRow as exc:
-            report.problems.append(Failure(f"{storage.sets.table_name} ({entity.get('PartitionKey')!r}, "
-                                           f"{entity.get('RowKey')!r})", str(exc), "corrupt"))
+            report.problems.append(
+                Failure(
+                    f"{storage.sets.table_name} ({entity.get('PartitionKey')!r}, {entity.get('RowKey')!r})",
+                    str(exc),
+                    "corrupt",
+                )
+            )
             progress.note(str(exc))
     return sets
 
@@ -188,10 +216,18 @@ def _transform_status(sets: list[ImageSet], registered: Registered) -> list[Tran
         # outputs without SourceSet (hand-made rows) still match their source by path and version
         done_paths = {(o.path, o.version) for o in outputs if o.is_complete and not o.source_set}
         done = sum(1 for s in sources if s.identity.key in done_keys or (s.path, s.version) in done_paths)
-        out.append(TransformStatus(name, version, source, registered=row is not None,
-                                   command_line=row[0].command_line if row else "", done=done,
-                                   missing=len(sources) - done,
-                                   pending=sum(1 for o in outputs if not o.is_complete)))
+        out.append(
+            TransformStatus(
+                name,
+                version,
+                source,
+                registered=row is not None,
+                command_line=row[0].command_line if row else "",
+                done=done,
+                missing=len(sources) - done,
+                pending=sum(1 for o in outputs if not o.is_complete),
+            )
+        )
     return out
 
 

@@ -28,13 +28,14 @@ import random
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote
 
 import aiohttp
 from azure.core import MatchConditions
+from azure.core.async_paging import AsyncPageIterator
 from azure.core.exceptions import (
     AzureError,
     ClientAuthenticationError,
@@ -49,7 +50,7 @@ from azure.core.exceptions import (
 )
 from azure.core.pipeline.policies import AsyncRetryPolicy
 from azure.core.pipeline.transport import AioHttpTransport
-from azure.data.tables import EdmType, EntityProperty, TableTransactionError, UpdateMode
+from azure.data.tables import EdmType, EntityProperty, TableEntity, TableTransactionError, UpdateMode
 from azure.data.tables.aio import TableClient, TableServiceClient
 from yarl import URL
 
@@ -163,7 +164,7 @@ def _tune_table_retry(client: Any, on_retry: Callable[[], None], retry_allowed: 
             policy._method_whitelist = frozenset(policy._method_whitelist | {"POST", "PATCH", "MERGE"})
             base = type(policy)
 
-            class Counting(base):  # type: ignore[valid-type, misc]
+            class Counting(base):  # type: ignore[valid-type, misc]  # a base class known only at run time
                 def increment(self, settings: Any, response: Any = None, error: Any = None) -> bool:
                     if not retry_allowed(error):
                         return False
@@ -179,7 +180,7 @@ def _blob_retry(on_retry: Callable[[], None], retry_allowed: Callable[[Any], boo
     """The blob SDK's LinearRetry (imported here, lazily), counting its retries like the thin PUT does."""
     from azure.storage.blob.aio import LinearRetry
 
-    class CountingLinearRetry(LinearRetry):  # type: ignore[misc]
+    class CountingLinearRetry(LinearRetry):
         def increment(self, settings: Any, request: Any, response: Any = None, error: Any = None) -> bool:
             if not retry_allowed(error):
                 return False
@@ -188,8 +189,15 @@ def _blob_retry(on_retry: Callable[[], None], retry_allowed: Callable[[Any], boo
                 on_retry()
             return bool(more)
 
-    return CountingLinearRetry(backoff=RETRY_BACKOFF, random_jitter_range=0.5, retry_total=RETRY_TOTAL,
-                               retry_connect=RETRY_TOTAL, retry_read=RETRY_TOTAL, retry_status=RETRY_TOTAL)
+    # annotated as int, used as seconds (it adds and multiplies them): 1 s apart, +-0.5 s jitter
+    return CountingLinearRetry(
+        backoff=int(RETRY_BACKOFF),
+        random_jitter_range=cast(int, 0.5),
+        retry_total=RETRY_TOTAL,
+        retry_connect=RETRY_TOTAL,
+        retry_read=RETRY_TOTAL,
+        retry_status=RETRY_TOTAL,
+    )
 
 
 class Storage:
@@ -235,8 +243,9 @@ class Storage:
         # The timeouts must be the transport's: given a transport, the clients ignore their own
         # connection_timeout/read_timeout options and the transport's default is 300 s.
         assert self._session is not None, "Storage.open() first"
-        return AioHttpTransport(session=self._session, session_owner=False, connection_timeout=CONNECT_TIMEOUT,
-                                read_timeout=READ_TIMEOUT)
+        return AioHttpTransport(
+            session=self._session, session_owner=False, connection_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT
+        )
 
     @property
     def pool_size(self) -> int:
@@ -295,8 +304,7 @@ class Storage:
         now = time.monotonic()
         self._answered = {_origin(self.info.blob_endpoint): now, _origin(self.info.table_endpoint): now}
         self._put_timeout = aiohttp.ClientTimeout(sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT)
-        self._common = {"logging_enable": False, "connection_timeout": CONNECT_TIMEOUT,
-                        "read_timeout": READ_TIMEOUT}
+        self._common = {"logging_enable": False, "connection_timeout": CONNECT_TIMEOUT, "read_timeout": READ_TIMEOUT}
         info = self.info
         if info.use_identity:
             from azure.identity.aio import DefaultAzureCredential
@@ -325,8 +333,9 @@ class Storage:
         """The shared session, sized to the pool, and the table clients on it (the blob client is made
         on first use). Called by open(), and again when the pool is resized."""
         info = self.info
-        connector = aiohttp.TCPConnector(limit=self._pool_size + 8, limit_per_host=self._pool_size + 8,
-                                         ttl_dns_cache=300)
+        connector = aiohttp.TCPConnector(
+            limit=self._pool_size + 8, limit_per_host=self._pool_size + 8, ttl_dns_cache=300
+        )
         self._session = aiohttp.ClientSession(connector=connector, trace_configs=[self._trace()])
         # aiohttp silently re-sends an idempotent request once when a reused connection drops; every
         # retry goes through the retry policies instead, so each one is counted and the tries bounded.
@@ -334,14 +343,21 @@ class Storage:
         self._blob_service, self._container = None, None
         try:
             self._table_service = TableServiceClient(
-                info.table_endpoint, credential=self._table_credential,
+                info.table_endpoint,
+                credential=self._table_credential,
                 transport=self._transport(),
                 # backoff 0, 1, 2, 2, 2 s
-                retry_total=RETRY_TOTAL, retry_connect=RETRY_TOTAL, retry_read=RETRY_TOTAL,
-                retry_status=RETRY_TOTAL, retry_backoff_factor=0.5, retry_backoff_max=2.0,
-                **self._common)
-            _tune_table_retry(self._table_service, self._count_retry,
-                              lambda error: self._retry_allowed(error, info.table_endpoint))
+                retry_total=RETRY_TOTAL,
+                retry_connect=RETRY_TOTAL,
+                retry_read=RETRY_TOTAL,
+                retry_status=RETRY_TOTAL,
+                retry_backoff_factor=0.5,
+                retry_backoff_max=2.0,
+                **self._common,
+            )
+            _tune_table_retry(
+                self._table_service, self._count_retry, lambda error: self._retry_allowed(error, info.table_endpoint)
+            )
         except (ValueError, AzureError) as exc:
             raise StorageUnavailable(f"cannot use the storage settings: {redact(str(exc))}") from None
         self.sets = self._table_service.get_table_client(f"{self.corpus}ImageSets")
@@ -357,11 +373,16 @@ class Storage:
             assert self._session is not None, "Storage.open() first"
             try:
                 self._blob_service = BlobServiceClient(
-                    self.info.blob_endpoint, credential=self._blob_credential,
+                    self.info.blob_endpoint,
+                    credential=self._blob_credential,
                     transport=self._transport(),
-                    retry_policy=_blob_retry(self._count_retry,
-                                             lambda error: self._retry_allowed(error, self.info.blob_endpoint)),
-                    max_single_get_size=DOWNLOAD_FIRST, max_chunk_get_size=DOWNLOAD_CHUNK, **self._common)
+                    retry_policy=_blob_retry(
+                        self._count_retry, lambda error: self._retry_allowed(error, self.info.blob_endpoint)
+                    ),
+                    max_single_get_size=DOWNLOAD_FIRST,
+                    max_chunk_get_size=DOWNLOAD_CHUNK,
+                    **self._common,
+                )
             except (ValueError, AzureError) as exc:
                 raise StorageUnavailable(f"cannot use the storage settings: {redact(str(exc))}") from None
             self._container = self._blob_service.get_container_client(self.corpus)
@@ -394,7 +415,8 @@ class Storage:
         except TimeoutError:
             raise StorageUnavailable(
                 f"cannot reach storage at {self._probe_endpoint} (no answer within "
-                f"{PROBE_TIMEOUT * 2:.0f} s); {_emulator_hint(self.info)}") from None
+                f"{PROBE_TIMEOUT * 2:.0f} s); {_emulator_hint(self.info)}"
+            ) from None
         finally:
             self._probing = False
 
@@ -419,8 +441,10 @@ class Storage:
                     break
             return
         for table in (self.sets, self.transforms, self.tags):
-            with (self.translate(f"table {table.table_name}", endpoint=self.info.table_endpoint),
-                  contextlib.suppress(ResourceExistsError)):
+            with (
+                self.translate(f"table {table.table_name}", endpoint=self.info.table_endpoint),
+                contextlib.suppress(ResourceExistsError),
+            ):
                 await self._table_service.create_table(table.table_name)
 
     async def ensure_container(self) -> None:
@@ -431,12 +455,15 @@ class Storage:
                 what = f"container {self.corpus}"
                 # no public_access header or argument: the container is private, always
                 if self.info.use_identity:
-                    with (self.translate(what, endpoint=self.info.blob_endpoint),
-                          contextlib.suppress(ResourceExistsError)):
+                    with (
+                        self.translate(what, endpoint=self.info.blob_endpoint),
+                        contextlib.suppress(ResourceExistsError),
+                    ):
                         await self.container.create_container(timeout=int(PROBE_TIMEOUT))
                 else:
-                    status, code = await self._thin_request("PUT", self._blob_base.rstrip("/"), what,
-                                                            query="restype=container", keyed=True)
+                    status, code = await self._thin_request(
+                        "PUT", self._blob_base.rstrip("/"), what, query="restype=container", keyed=True
+                    )
                     if status >= 300 and status != 409:  # 409 ContainerAlreadyExists: what we want
                         raise _http_error(what, status, code)
                 ready.set_result(None)
@@ -458,8 +485,9 @@ class Storage:
         spending its own retry window, so a run against a dead endpoint ends within about
         RETRY_WINDOW seconds (every item still named) and a rerun finishes the work."""
         if self.down is not None:
-            raise StorageUnavailable(f"{what}: not tried, storage stopped answering earlier in this run "
-                                     f"({self.down}); rerun to finish")
+            raise StorageUnavailable(
+                f"{what}: not tried, storage stopped answering earlier in this run ({self.down}); rerun to finish"
+            )
         try:
             yield
         except AuthenticationFailed:
@@ -472,7 +500,8 @@ class Storage:
         except ClientAuthenticationError as exc:
             raise AuthenticationFailed(
                 f"storage refused the credentials for {what} ({_code(exc)}): check the account key, "
-                "SAS token or identity") from None
+                "SAS token or identity"
+            ) from None
         except ResourceNotFoundError as exc:
             raise NotFound(f"{what}: not found ({_code(exc)})") from None
         except (ResourceExistsError, ResourceModifiedError) as exc:
@@ -486,7 +515,8 @@ class Storage:
             if exc.status_code == 403:
                 raise AuthenticationFailed(
                     f"storage refused the credentials for {what} (403 {_code(exc)}): check the account key, "
-                    "SAS token or identity") from None
+                    "SAS token or identity"
+                ) from None
             raise StorageError(f"{what}: storage error {exc.status_code} {_code(exc)}") from None
         except AzureError as exc:
             raise StorageError(f"{what}: {redact(_short(exc))}") from None
@@ -502,19 +532,26 @@ class Storage:
     # ----- blobs -----------------------------------------------------------------------------
     async def list_prefix(self, prefix: str) -> dict[str, BlobInfo]:
         """The blobs directly under a prefix (delimiter '/'), so nested sets never mix."""
+        from azure.storage.blob import BlobProperties  # loaded already: self.container imports the blob SDK
+
         out: dict[str, BlobInfo] = {}
         with self.translate(f"listing {prefix}"):
             self.stats.blob_lists += 1
             async for item in self.container.walk_blobs(name_starts_with=prefix, delimiter="/"):
-                if getattr(item, "prefix", None) is not None and not hasattr(item, "size"):
+                if not isinstance(item, BlobProperties):
                     continue  # a nested prefix (another set), not a blob
                 md5 = item.content_settings.content_md5 if item.content_settings else None
-                out[item.name] = BlobInfo(item.name, item.size, md5.hex() if md5 else None,
-                                          item.content_settings.content_type if item.content_settings else None)
+                out[item.name] = BlobInfo(
+                    item.name,
+                    item.size,
+                    md5.hex() if md5 else None,
+                    item.content_settings.content_type if item.content_settings else None,
+                )
         return out
 
-    async def put_blob(self, name: str, data: bytes, *, content_type: str, md5: bytes,
-                       metadata: Mapping[str, str] | None = None) -> None:
+    async def put_blob(
+        self, name: str, data: bytes, *, content_type: str, md5: bytes, metadata: Mapping[str, str] | None = None
+    ) -> None:
         """Store ``data`` as block blob ``name`` with its Content-Type and Content-MD5 (which the service
         checks against the bytes it received: a mismatch is an error, never a stored blob).
 
@@ -534,8 +571,12 @@ class Storage:
 
             with self.translate(what):
                 await self.container.upload_blob(
-                    name, data, overwrite=True, metadata=dict(metadata) if metadata else None,
-                    content_settings=ContentSettings(content_type=content_type, content_md5=bytearray(md5)))
+                    name,
+                    data,
+                    overwrite=True,
+                    metadata=dict(metadata) if metadata else None,
+                    content_settings=ContentSettings(content_type=content_type, content_md5=bytearray(md5)),
+                )
             return
         headers = {
             "x-ms-blob-type": "BlockBlob",
@@ -545,14 +586,26 @@ class Storage:
         }
         for key, value in (metadata or {}).items():
             headers[f"x-ms-meta-{key}"] = value
-        status, code = await self._thin_request("PUT", f"{self._blob_base}{quote(name, safe='/')}", what,
-                                                headers=headers, data=data)
+        status, code = await self._thin_request(
+            "PUT", f"{self._blob_base}{quote(name, safe='/')}", what, headers=headers, data=data
+        )
         if status >= 300:
             raise _http_error(what, status, code)
 
-    async def put_blocks(self, name: str, path: str, *, size: int, block_size: int, content_type: str,
-                         md5: bytes, block_md5s: Sequence[bytes], token: str, budget: ByteBudget | None = None,
-                         before_commit: Callable[[], Awaitable[None]] | None = None) -> None:
+    async def put_blocks(
+        self,
+        name: str,
+        path: str,
+        *,
+        size: int,
+        block_size: int,
+        content_type: str,
+        md5: bytes,
+        block_md5s: Sequence[bytes],
+        token: str,
+        budget: ByteBudget | None = None,
+        before_commit: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         """Store the first ``size`` bytes of the file at ``path`` as block blob ``name``, without ever
         holding the file: one Put Block per ``block_size`` piece, each read from disk when its turn comes
         (at most BLOCKS_IN_FLIGHT pieces of this file in memory, and within ``budget`` for the whole run),
@@ -585,8 +638,10 @@ class Storage:
                         await stack.enter_async_context(budget.hold(length))
                     data = await asyncio.to_thread(read_range, path, i * block_size, length)
                     if len(data) != length:
-                        raise StorageError(f"{what}: the file is shorter than when it was hashed "
-                                           f"({i * block_size + len(data)} of {size} bytes); not stored")
+                        raise StorageError(
+                            f"{what}: the file is shorter than when it was hashed "
+                            f"({i * block_size + len(data)} of {size} bytes); not stored"
+                        )
                     await self._put_block(name, ids[i], data, block_md5s[i], f"{what} (block {i + 1} of {count})")
 
         workers = [asyncio.create_task(worker()) for _ in range(min(BLOCKS_IN_FLIGHT, count))]
@@ -605,10 +660,14 @@ class Storage:
             with self.translate(what):  # the SDK encodes the IDs in base64 itself
                 await self.container.get_blob_client(name).commit_block_list(
                     [BlobBlock(block_id=i) for i in ids],
-                    content_settings=ContentSettings(content_type=content_type, content_md5=bytearray(md5)))
+                    content_settings=ContentSettings(content_type=content_type, content_md5=bytearray(md5)),
+                )
             return
-        body = ('<?xml version="1.0" encoding="utf-8"?><BlockList>'
-                + "".join(f"<Latest>{_b64(i)}</Latest>" for i in ids) + "</BlockList>").encode()
+        body = (
+            '<?xml version="1.0" encoding="utf-8"?><BlockList>'
+            + "".join(f"<Latest>{_b64(i)}</Latest>" for i in ids)
+            + "</BlockList>"
+        ).encode()
         headers = {
             "x-ms-version": API_VERSION,
             "x-ms-blob-content-type": content_type,
@@ -616,8 +675,9 @@ class Storage:
             "x-ms-blob-content-md5": base64.b64encode(md5).decode(),
             "Content-Type": "application/xml",
         }
-        status, code = await self._thin_request("PUT", f"{self._blob_base}{quote(name, safe='/')}", what,
-                                                query="comp=blocklist", headers=headers, data=body)
+        status, code = await self._thin_request(
+            "PUT", f"{self._blob_base}{quote(name, safe='/')}", what, query="comp=blocklist", headers=headers, data=body
+        )
         if status >= 300:
             raise _http_error(what, status, code)
 
@@ -629,15 +689,28 @@ class Storage:
                 await self.container.get_blob_client(name).stage_block(bid, data, validate_content=True)
             return
         headers = {"x-ms-version": API_VERSION, "Content-MD5": base64.b64encode(md5).decode()}
-        status, code = await self._thin_request("PUT", f"{self._blob_base}{quote(name, safe='/')}", what,
-                                                query=f"comp=block&blockid={quote(_b64(bid), safe='')}",
-                                                headers=headers, data=data)
+        status, code = await self._thin_request(
+            "PUT",
+            f"{self._blob_base}{quote(name, safe='/')}",
+            what,
+            query=f"comp=block&blockid={quote(_b64(bid), safe='')}",
+            headers=headers,
+            data=data,
+        )
         if status >= 300:
             raise _http_error(what, status, code)
 
-    async def _thin_request(self, method: str, path_url: str, what: str, *, query: str = "",
-                            headers: dict[str, str] | None = None, data: bytes = b"",
-                            keyed: bool = False) -> tuple[int, str]:
+    async def _thin_request(
+        self,
+        method: str,
+        path_url: str,
+        what: str,
+        *,
+        query: str = "",
+        headers: dict[str, str] | None = None,
+        data: bytes = b"",
+        keyed: bool = False,
+    ) -> tuple[int, str]:
         """One blob-service request on the shared session, retried like the SDK's LinearRetry; returns
         (status, x-ms-error-code). Authorised by the run's container SAS, except a container-level
         request (``keyed``) with an account key, which is signed with the key (a container SAS cannot
@@ -653,8 +726,9 @@ class Storage:
                 else:
                     url = URL(f"{path_url}?{query + '&' if query else ''}{self._put_sas()}", encoded=True)
                 try:
-                    async with self._session.request(method, url, data=data, headers=headers,
-                                                     timeout=self._put_timeout) as resp:
+                    async with self._session.request(
+                        method, url, data=data, headers=headers, timeout=self._put_timeout
+                    ) as resp:
                         status, code = resp.status, resp.headers.get("x-ms-error-code") or ""
                         if status >= 300:
                             await resp.read()  # drain, so the connection goes back to the pool
@@ -665,7 +739,8 @@ class Storage:
                     # redacted, and the SAS masked: some aiohttp errors name the URL
                     raise StorageUnavailable(
                         f"cannot reach storage at {self.info.blob_endpoint} for {what} "
-                        f"({redact(_why(exc), (self._sas or '',))}); {_emulator_hint(self.info)}") from None
+                        f"({redact(_why(exc), (self._sas or '',))}); {_emulator_hint(self.info)}"
+                    ) from None
                 if _is_retriable(status) and attempt < RETRY_TOTAL:
                     await self._retry_pause()
                     continue
@@ -678,11 +753,23 @@ class Storage:
         signed = {"x-ms-date": email.utils.formatdate(usegmt=True), "x-ms-version": API_VERSION}
         ms = sorted((k.lower(), v) for k, v in {**headers, **signed}.items() if k.lower().startswith("x-ms-"))
         resource = f"/{self.info.account_name}{url.raw_path}" + "".join(
-            f"\n{k.lower()}:{v}" for k, v in sorted(url.query.items()))
+            f"\n{k.lower()}:{v}" for k, v in sorted(url.query.items())
+        )
         plain = {k.lower(): v for k, v in headers.items()}
-        fields = [method, plain.get("content-encoding", ""), plain.get("content-language", ""),
-                  str(length) if length else "", plain.get("content-md5", ""), plain.get("content-type", ""),
-                  "", "", "", "", "", ""]  # Date (x-ms-date instead), If-* and Range: unused
+        fields = [
+            method,
+            plain.get("content-encoding", ""),
+            plain.get("content-language", ""),
+            str(length) if length else "",
+            plain.get("content-md5", ""),
+            plain.get("content-type", ""),
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+        ]  # Date (x-ms-date instead), If-* and Range: unused
         text = "\n".join(fields) + "\n" + "".join(f"{k}:{v}\n" for k, v in ms) + resource
         assert self.info.account_key is not None
         mac = hmac.new(base64.b64decode(self.info.account_key), text.encode(), hashlib.sha256).digest()
@@ -699,8 +786,9 @@ class Storage:
         if self._sas is None or self._sas_expiry - SAS_RENEW < now:
             if self.info.account_key:
                 self._sas_expiry = now + SAS_LIFETIME
-                self._sas = container_sas(self.info.account_name, self.info.account_key, self.corpus,
-                                          "cw", self._sas_expiry)
+                self._sas = container_sas(
+                    self.info.account_name, self.info.account_key, self.corpus, "cw", self._sas_expiry
+                )
             else:
                 self._sas, self._sas_expiry = self.info.sas_token or "", float("inf")
         return self._sas
@@ -712,8 +800,12 @@ class Storage:
             data = await downloader.readall()
             props = downloader.properties
             md5 = props.content_settings.content_md5 if props.content_settings else None
-            return data, BlobInfo(name, props.size, bytes(md5).hex() if md5 else None,
-                                  props.content_settings.content_type if props.content_settings else None)
+            return data, BlobInfo(
+                name,
+                props.size,
+                bytes(md5).hex() if md5 else None,
+                props.content_settings.content_type if props.content_settings else None,
+            )
 
     async def download_to(self, name: str, write: Callable[[bytes], Awaitable[object]]) -> BlobInfo:
         """Stream a blob chunk by chunk into ``write`` (no whole-blob buffer); returns its properties."""
@@ -724,8 +816,12 @@ class Storage:
                 await write(chunk)
             props = downloader.properties
             md5 = props.content_settings.content_md5 if props.content_settings else None
-            return BlobInfo(name, props.size, bytes(md5).hex() if md5 else None,
-                            props.content_settings.content_type if props.content_settings else None)
+            return BlobInfo(
+                name,
+                props.size,
+                bytes(md5).hex() if md5 else None,
+                props.content_settings.content_type if props.content_settings else None,
+            )
 
     async def delete_blob(self, name: str) -> None:
         with self.translate(f"delete of {name}"), contextlib.suppress(ResourceNotFoundError):
@@ -747,30 +843,42 @@ class Storage:
             except ResourceNotFoundError:
                 return None
 
-    async def query(self, table: TableClient, query_filter: str | None = None,
-                    parameters: dict[str, Any] | None = None,
-                    select: list[str] | None = None) -> AsyncIterator[dict[str, Any]]:
+    async def query(
+        self,
+        table: TableClient,
+        query_filter: str | None = None,
+        parameters: dict[str, Any] | None = None,
+        select: list[str] | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
         """Stream the rows matching a filter (1,000 per page)."""
         with self._table_op(f"query of {table.table_name}"):
             self.stats.table_queries += 1
             if query_filter:
-                pages = table.query_entities(query_filter, parameters=parameters, results_per_page=1000,
-                                             select=select)
+                pages = table.query_entities(query_filter, parameters=parameters, results_per_page=1000, select=select)
             else:
                 pages = table.list_entities(results_per_page=1000, select=select)
             async for entity in pages:
                 self.stats.entity_reads += 1
                 yield plain_entity(entity)
 
-    async def query_pages(self, table: TableClient, query_filter: str, parameters: dict[str, Any] | None = None,
-                          select: list[str] | None = None,
-                          page_size: int = 1000) -> AsyncIterator[tuple[list[dict[str, Any]], bool]]:
+    async def query_pages(
+        self,
+        table: TableClient,
+        query_filter: str,
+        parameters: dict[str, Any] | None = None,
+        select: list[str] | None = None,
+        page_size: int = 1000,
+    ) -> AsyncGenerator[tuple[list[dict[str, Any]], bool]]:
         """The rows matching a filter, one server page at a time, each with whether more follow, so a
         caller can stop between pages (the tag query reads partitions in lockstep, stopping at the smallest)."""
         with self._table_op(f"query of {table.table_name}"):
             self.stats.table_queries += 1
-            pager = table.query_entities(query_filter, parameters=parameters, results_per_page=page_size,
-                                         select=select).by_page()
+            pager = cast(
+                AsyncPageIterator[TableEntity],
+                table.query_entities(
+                    query_filter, parameters=parameters, results_per_page=page_size, select=select
+                ).by_page(),
+            )
             async for page in pager:
                 rows = [plain_entity(entity) async for entity in page]
                 self.stats.entity_reads += len(rows)
@@ -805,20 +913,23 @@ class Storage:
             meta = await table.upsert_entity(sdk_entity(entity), mode=UpdateMode.MERGE if merge else UpdateMode.REPLACE)
             return meta.get("etag")
 
-    async def update_entity(self, table: TableClient, entity: Mapping[str, Any], *, etag: str | None,
-                            merge: bool = True) -> str | None:
+    async def update_entity(
+        self, table: TableClient, entity: Mapping[str, Any], *, etag: str | None, merge: bool = True
+    ) -> str | None:
         """Conditional update: Conflict when the row changed since ``etag`` was read."""
         what = f"{table.table_name} row ({entity['PartitionKey']}, {entity['RowKey']})"
         with self._table_op(what):
             self.stats.entity_writes += 1
             if self._thin_tables:  # If-Match "*": the row must exist, whatever its ETag
-                return await self._entity_write("MERGE" if merge else "PUT", _entity_path(table, entity), what,
-                                                entity, if_match=etag or "*")
+                return await self._entity_write(
+                    "MERGE" if merge else "PUT", _entity_path(table, entity), what, entity, if_match=etag or "*"
+                )
             kwargs: dict[str, Any] = {}
             if etag:
                 kwargs = {"etag": etag, "match_condition": MatchConditions.IfNotModified}
-            meta = await table.update_entity(sdk_entity(entity), mode=UpdateMode.MERGE if merge else UpdateMode.REPLACE,
-                                             **kwargs)
+            meta = await table.update_entity(
+                sdk_entity(entity), mode=UpdateMode.MERGE if merge else UpdateMode.REPLACE, **kwargs
+            )
             return meta.get("etag")
 
     async def delete_entity(self, table: TableClient, pk: str, rk: str) -> None:
@@ -826,8 +937,9 @@ class Storage:
             self.stats.entity_writes += 1
             await table.delete_entity(pk, rk)
 
-    async def write_rows(self, table: TableClient,
-                         writes: Sequence[tuple[str, Mapping[str, Any], str | None]]) -> list[str | None]:
+    async def write_rows(
+        self, table: TableClient, writes: Sequence[tuple[str, Mapping[str, Any], str | None]]
+    ) -> list[str | None]:
         """One entity group transaction of ("create" | "update" | "upsert", row, etag) writes to rows of one
         partition (at most TAG_BATCH, each row once); returns each row's new ETag. An update merges,
         conditional on its ETag when given (else on the row existing); an upsert inserts or replaces.
@@ -837,11 +949,18 @@ class Storage:
         with self._table_op(what):
             self.stats.entity_writes += len(writes)
             if self._thin_tables:
-                return await self._batch_write(table, what, [
-                    ("POST", table.table_name, entity, None) if kind == "create"
-                    else ("PUT", _entity_path(table, entity), entity, None) if kind == "upsert"
-                    else ("MERGE", _entity_path(table, entity), entity, etag or "*")
-                    for kind, entity, etag in writes])
+                return await self._batch_write(
+                    table,
+                    what,
+                    [
+                        ("POST", table.table_name, entity, None)
+                        if kind == "create"
+                        else ("PUT", _entity_path(table, entity), entity, None)
+                        if kind == "upsert"
+                        else ("MERGE", _entity_path(table, entity), entity, etag or "*")
+                        for kind, entity, etag in writes
+                    ],
+                )
             ops: list[Any] = []
             for kind, entity, etag in writes:
                 if kind == "create":
@@ -849,8 +968,13 @@ class Storage:
                 elif kind == "upsert":
                     ops.append(("upsert", sdk_entity(entity), {"mode": UpdateMode.REPLACE}))
                 elif etag:
-                    ops.append(("update", sdk_entity(entity), {"mode": UpdateMode.MERGE, "etag": etag,
-                                                               "match_condition": MatchConditions.IfNotModified}))
+                    ops.append(
+                        (
+                            "update",
+                            sdk_entity(entity),
+                            {"mode": UpdateMode.MERGE, "etag": etag, "match_condition": MatchConditions.IfNotModified},
+                        )
+                    )
                 else:
                     ops.append(("update", sdk_entity(entity), {"mode": UpdateMode.MERGE}))
             try:
@@ -862,14 +986,15 @@ class Storage:
     async def upsert_batch(self, table: TableClient, entities: Sequence[Mapping[str, Any]]) -> None:
         """Upsert (insert-or-merge) rows of one partition, 100 per entity group transaction."""
         for start in range(0, len(entities), TAG_BATCH):
-            chunk = entities[start:start + TAG_BATCH]
+            chunk = entities[start : start + TAG_BATCH]
             what = f"{table.table_name} batch in partition {chunk[0]['PartitionKey']}"
             with self._table_op(what):
                 self.stats.entity_writes += len(chunk)
                 if self._thin_tables:
                     try:
-                        await self._batch_write(table, what, [("MERGE", _entity_path(table, e), e, None)
-                                                              for e in chunk])
+                        await self._batch_write(
+                            table, what, [("MERGE", _entity_path(table, e), e, None) for e in chunk]
+                        )
                     except (Conflict, NotFound) as exc:  # what an upsert batch has always raised
                         raise StorageError(str(exc)) from None
                     continue
@@ -880,26 +1005,28 @@ class Storage:
 
     async def delete_batch(self, table: TableClient, keys: list[tuple[str, str]]) -> None:
         for start in range(0, len(keys), TAG_BATCH):
-            chunk = keys[start:start + TAG_BATCH]
+            chunk = keys[start : start + TAG_BATCH]
             with self._table_op(f"{table.table_name} delete batch"):
                 self.stats.entity_writes += len(chunk)
-                await table.submit_transaction([("delete", {"PartitionKey": pk, "RowKey": rk})
-                                                for pk, rk in chunk])
+                await table.submit_transaction([("delete", {"PartitionKey": pk, "RowKey": rk}) for pk, rk in chunk])
 
-    async def _entity_write(self, method: str, path: str, what: str, entity: Mapping[str, Any], *,
-                            if_match: str | None = None) -> str | None:
+    async def _entity_write(
+        self, method: str, path: str, what: str, entity: Mapping[str, Any], *, if_match: str | None = None
+    ) -> str | None:
         """One thin single-entity write; its new ETag, or the error its status means."""
         headers = {"Prefer": "return-no-content"}
         if if_match:
             headers["If-Match"] = if_match
-        status, code, etag, _ = await self._table_request(method, path, what, _entity_body(entity, what),
-                                                          "application/json", headers)
+        status, code, etag, _ = await self._table_request(
+            method, path, what, _entity_body(entity, what), "application/json", headers
+        )
         if status >= 300:
             raise _http_error(what, status, code)
         return etag
 
-    async def _batch_write(self, table: TableClient, what: str,
-                           ops: list[tuple[str, str, Mapping[str, Any], str | None]]) -> list[str | None]:
+    async def _batch_write(
+        self, table: TableClient, what: str, ops: list[tuple[str, str, Mapping[str, Any], str | None]]
+    ) -> list[str | None]:
         """One thin entity group transaction of (method, path, entity, If-Match) operations; each one's
         new ETag, or the error of the operation that made the service refuse them all."""
         base = self.info.table_endpoint.rstrip("/")
@@ -912,11 +1039,14 @@ class Storage:
                 f"Content-ID: {i}\r\n\r\n{method} {base}/{path} HTTP/1.1\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\nAccept: application/json;odata=nometadata\r\n"
                 "Prefer: return-no-content\r\nDataServiceVersion: 3.0\r\n"
-                + (f"If-Match: {if_match}\r\n" if if_match else "") + "\r\n")
+                + (f"If-Match: {if_match}\r\n" if if_match else "")
+                + "\r\n"
+            )
             parts.append(body.decode() + "\r\n")
         parts.append(f"--{changeset}--\r\n\r\n--{boundary}--\r\n")
         status, code, _, data = await self._table_request(
-            "POST", "$batch", what, "".join(parts).encode(), f"multipart/mixed; boundary={boundary}", {})
+            "POST", "$batch", what, "".join(parts).encode(), f"multipart/mixed; boundary={boundary}", {}
+        )
         if status >= 300:
             raise _http_error(what, status, code or _json_code(data))
         results = _batch_results(data)
@@ -929,31 +1059,42 @@ class Storage:
                 raise Conflict(f"{which}: changed by someone else or already exists ({part_code or status})")
             if status == 404:
                 raise NotFound(f"{which}: not found ({part_code or status})")
-            raise StorageError(f"{which}: storage error {status} {part_code}".rstrip()
-                               if refused else f"{what}: {len(results)} answers for {len(ops)} writes")
+            raise StorageError(
+                f"{which}: storage error {status} {part_code}".rstrip()
+                if refused
+                else f"{what}: {len(results)} answers for {len(ops)} writes"
+            )
         return [etag for _, etag, _, _ in results]
 
-    async def _table_request(self, method: str, path: str, what: str, body: bytes, content_type: str,
-                             headers: dict[str, str]) -> tuple[int, str, str | None, bytes]:
+    async def _table_request(
+        self, method: str, path: str, what: str, body: bytes, content_type: str, headers: dict[str, str]
+    ) -> tuple[int, str, str | None, bytes]:
         """One table-service request on the shared session, retried like the SDK's table retries (every
         retry counted); returns (status, error code, ETag, body). Signed with the account key (the
         service's Shared Key scheme for tables) or authorised by the connection string's SAS."""
         assert self._session is not None and self._put_timeout is not None, "Storage.open() first"
         base = self.info.table_endpoint.rstrip("/")
         sas = self.info.sas_token or ""
-        headers = {**headers, "Content-Type": content_type, "Accept": "application/json;odata=nometadata",
-                   "x-ms-version": TABLE_API_VERSION, "DataServiceVersion": "3.0",
-                   "MaxDataServiceVersion": "3.0;NetFx"}
+        headers = {
+            **headers,
+            "Content-Type": content_type,
+            "Accept": "application/json;odata=nometadata",
+            "x-ms-version": TABLE_API_VERSION,
+            "DataServiceVersion": "3.0",
+            "MaxDataServiceVersion": "3.0;NetFx",
+        }
         for attempt in range(RETRY_TOTAL + 1):
             if self.info.account_key:
                 url = URL(f"{base}/{path}", encoded=True)
-                headers.update(_table_shared_key(self.info.account_name, self.info.account_key, method, url,
-                                                 content_type))
+                headers.update(
+                    _table_shared_key(self.info.account_name, self.info.account_key, method, url, content_type)
+                )
             else:
                 url = URL(f"{base}/{path}?{sas}", encoded=True)
             try:
-                async with self._session.request(method, url, data=body, headers=headers,
-                                                 timeout=self._put_timeout) as resp:
+                async with self._session.request(
+                    method, url, data=body, headers=headers, timeout=self._put_timeout
+                ) as resp:
                     status, code = resp.status, resp.headers.get("x-ms-error-code") or ""
                     etag = resp.headers.get("ETag")
                     data = await resp.read()  # read whole: the connection goes back to the pool
@@ -964,7 +1105,8 @@ class Storage:
                 # redacted, and the SAS masked: some aiohttp errors name the URL
                 raise StorageUnavailable(
                     f"cannot reach storage at {self.info.table_endpoint} for {what} "
-                    f"({redact(_why(exc), (sas,))}); {_emulator_hint(self.info)}") from None
+                    f"({redact(_why(exc), (sas,))}); {_emulator_hint(self.info)}"
+                ) from None
             if _is_retriable(status) and attempt < RETRY_TOTAL:
                 await self._retry_pause()
                 continue
@@ -1009,8 +1151,10 @@ def _is_int(value: Any) -> bool:
 
 def sdk_entity(entity: Mapping[str, Any]) -> dict[str, Any]:
     """The entity for an SDK write: every int (not bool) as Edm.Int64, never the SDK's Edm.Int32."""
-    return {k: EntityProperty(v, EdmType.INT64) if _is_int(v) and k not in ("PartitionKey", "RowKey") else v
-            for k, v in entity.items()}
+    return {
+        k: EntityProperty(v, EdmType.INT64) if _is_int(v) and k not in ("PartitionKey", "RowKey") else v
+        for k, v in entity.items()
+    }
 
 
 def plain_entity(entity: Any) -> Any:
@@ -1042,8 +1186,11 @@ def _entity_body(entity: Mapping[str, Any], what: str) -> bytes:
             out[name] = str(value)
         elif isinstance(value, float):
             out[name + "@odata.type"] = "Edm.Double"
-            out[name] = value if math.isfinite(value) else ("NaN" if math.isnan(value) else
-                                                            "Infinity" if value > 0 else "-Infinity")
+            out[name] = (
+                value
+                if math.isfinite(value)
+                else ("NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity")
+            )
         elif isinstance(value, datetime.datetime):
             if value.tzinfo is not None:
                 value = value.astimezone(datetime.UTC).replace(tzinfo=None)
@@ -1078,10 +1225,16 @@ def _batch_results(data: bytes) -> list[tuple[int, str | None, str, int | None]]
     found = list(_PART_STATUS.finditer(data))
     out: list[tuple[int, str | None, str, int | None]] = []
     for i, m in enumerate(found):
-        part = data[m.end():found[i + 1].start() if i + 1 < len(found) else len(data)]
+        part = data[m.end() : found[i + 1].start() if i + 1 < len(found) else len(data)]
         etag, code, index = _PART_ETAG.search(part), _JSON_CODE.search(part), _JSON_INDEX.search(part)
-        out.append((int(m.group(1)), etag.group(1).decode().strip() if etag else None,
-                    code.group(1).decode() if code else "", int(index.group(1)) if index else None))
+        out.append(
+            (
+                int(m.group(1)),
+                etag.group(1).decode().strip() if etag else None,
+                code.group(1).decode() if code else "",
+                int(index.group(1)) if index else None,
+            )
+        )
     return out
 
 
@@ -1095,14 +1248,16 @@ def md5_from_b64(value: str) -> bytes:
     return base64.b64decode(value)
 
 
-def container_sas(account: str, key: str, container: str, permission: str, expiry: float,
-                  version: str = API_VERSION) -> str:
+def container_sas(
+    account: str, key: str, container: str, permission: str, expiry: float, version: str = API_VERSION
+) -> str:
     """A service SAS for one container, signed with the account key as the blob SDK's
     generate_container_sas does (minted here so an upload never imports the blob SDK)."""
     se = datetime.datetime.fromtimestamp(int(expiry), datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     # sp, st, se, resource, si, sip, spr, sv, sr, snapshot time, ses, rscc, rscd, rsce, rscl, rsct
-    text = "\n".join([permission, "", se, f"/blob/{account}/{container}", "", "", "", version, "c",
-                      "", "", "", "", "", "", ""])
+    text = "\n".join(
+        [permission, "", se, f"/blob/{account}/{container}", "", "", "", version, "c", "", "", "", "", "", "", ""]
+    )
     sig = base64.b64encode(hmac.new(base64.b64decode(key), text.encode(), hashlib.sha256).digest()).decode()
     return f"se={quote(se, safe='')}&sp={permission}&sv={version}&sr=c&sig={quote(sig, safe='')}"
 
@@ -1110,8 +1265,10 @@ def container_sas(account: str, key: str, container: str, permission: str, expir
 def _http_error(what: str, status: int, code: str) -> CorpusError:
     """The error a failed blob request maps to: the same types and words as Storage.translate()."""
     if status in (401, 403):
-        return AuthenticationFailed(f"storage refused the credentials for {what} ({status} {code or 'HTTP'}): "
-                                    "check the account key, SAS token or identity")
+        return AuthenticationFailed(
+            f"storage refused the credentials for {what} ({status} {code or 'HTTP'}): "
+            "check the account key, SAS token or identity"
+        )
     if status == 404:
         return NotFound(f"{what}: not found ({code or f'HTTP {status}'})")
     if status in (409, 412):

@@ -23,8 +23,9 @@ from .throttle import ThrottleWork
 
 # a conditional merge of one ImageSets row: (entity, ETag or None) -> its new ETag
 SetUpdate = Callable[[dict[str, Any], str | None], Awaitable[str | None]]
-REPAIR_HINT = ("the set is complete but not found by tag until `corpus status --repair` (or the same upload "
-               "rerun) indexes it")
+REPAIR_HINT = (
+    "the set is complete but not found by tag until `corpus status --repair` (or the same upload rerun) indexes it"
+)
 
 
 async def write_tag_rows(storage: Storage, rows: list[dict[str, Any]], upserts: ThrottleWork) -> None:
@@ -39,8 +40,14 @@ async def write_tag_rows(storage: Storage, rows: list[dict[str, Any]], upserts: 
             await upserts.run(partial(storage.upsert_batch, storage.tags, chunk))
 
 
-async def index_set(storage: Storage, image_set: ImageSet, upserts: ThrottleWork, *,
-                    set_rows: GroupCommit | None = None, tag_writer: GroupCommit | None = None) -> None:
+async def index_set(
+    storage: Storage,
+    image_set: ImageSet,
+    upserts: ThrottleWork,
+    *,
+    set_rows: GroupCommit | None = None,
+    tag_writer: GroupCommit | None = None,
+) -> None:
     """Write the set's tag rows, then flag it indexed. With ``tag_writer`` and ``set_rows`` (a job's
     group-committed TagIndex and ImageSets writes) its rows share transactions with other sets'."""
     if not image_set.is_complete:
@@ -72,8 +79,15 @@ class TagIndexWriter:
     Failures are collected per set (never raised), named with the way to finish the job.
     """
 
-    def __init__(self, storage: Storage, upserts: ThrottleWork, *, max_rows: int = 2000,
-                 max_delay: float = 2.0, update_set: SetUpdate | None = None) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        upserts: ThrottleWork,
+        *,
+        max_rows: int = 2000,
+        max_delay: float = 2.0,
+        update_set: SetUpdate | None = None,
+    ) -> None:
         self.storage = storage
         self.upserts = upserts
         # how the Indexed flags are written: the run's group-committed set rows when given (the flags
@@ -165,16 +179,17 @@ class TagIndexWriter:
                         image_set.etag = await self.update_set(flag, etag)
                     else:
                         image_set.etag = await self.upserts.run(
-                            partial(self.storage.update_entity, self.storage.sets, flag, etag=etag))
+                            partial(self.storage.update_entity, self.storage.sets, flag, etag=etag)
+                        )
                     break
                 except Conflict:
                     # another run touched the row meanwhile (e.g. completed the same set): our rows still
                     # describe it if it is the same complete content
                     entity = await self.upserts.run(
-                        lambda: self.storage.get_entity(self.storage.sets, ident.partition_key, ident.row_key))
+                        lambda: self.storage.get_entity(self.storage.sets, ident.partition_key, ident.row_key)
+                    )
                     current = ImageSet.from_entity(entity) if entity is not None else None
-                    if (current is None or not current.is_complete
-                            or current.content_digest != image_set.content_digest):
+                    if current is None or not current.is_complete or current.content_digest != image_set.content_digest:
                         raise Conflict("the set's row changed meanwhile") from None
                     if current.indexed:
                         break

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -53,8 +53,9 @@ class ThrottleWork:
         self.in_flight += 1
         self.peak = max(self.peak, self.in_flight)
 
-    async def map(self, fn: Callable[[T], Awaitable[R]],
-                  items: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[Outcome[T, R]]:
+    async def map(
+        self, fn: Callable[[T], Awaitable[R]], items: Iterable[T] | AsyncIterable[T]
+    ) -> AsyncIterator[Outcome[T, R]]:
         """Yield one Outcome per item, in completion order."""
         running: set[asyncio.Task[Outcome[T, R]]] = set()
 
@@ -101,7 +102,7 @@ class ThrottleWork:
             await source.aclose()
 
 
-async def _aiter(items: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]:
+async def _aiter(items: Iterable[T] | AsyncIterable[T]) -> AsyncGenerator[T]:
     if isinstance(items, AsyncIterable):
         async for item in items:
             yield item
@@ -118,7 +119,7 @@ async def iterate_in_thread(iterator: Iterable[T]) -> AsyncIterator[T]:
         item = await asyncio.to_thread(next, it, done)
         if item is done:
             return
-        yield item  # type: ignore[misc]
+        yield cast(T, item)
 
 
 # File descriptors left for everything but the transfers: stdio, the event loop, the table
@@ -140,8 +141,7 @@ def open_file_cap(requested: int, option: str, *, per_item: int = 2, others: int
     cap = max(1, (soft - FD_RESERVE - others) // per_item)
     if requested <= cap:
         return requested, None
-    return cap, (f"{option} {requested} is more than the open-file limit allows (ulimit -n {soft}): "
-                 f"{cap} run at once")
+    return cap, (f"{option} {requested} is more than the open-file limit allows (ulimit -n {soft}): {cap} run at once")
 
 
 class ByteBudget:

@@ -121,15 +121,26 @@ class TransformReport:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "transform": {"name": self.name, "version": self.version, "command_line": self.command_line,
-                          "source": self.source},
+            "transform": {
+                "name": self.name,
+                "version": self.version,
+                "command_line": self.command_line,
+                "source": self.source,
+            },
             "dry_run": self.dry_run,
-            "sets": {"total": len(self.sets), "transformed": self.sets_transformed, "skipped": self.sets_skipped,
-                     "failed": self.sets_failed,
-                     "planned": self._count("planned"), "interrupted": self._count("interrupted")},
-            "images": {"transformed": self.images_transformed,
-                       "already_done": sum(s.already_done for s in self.sets),
-                       "failed": sum(s.failed for s in self.sets)},
+            "sets": {
+                "total": len(self.sets),
+                "transformed": self.sets_transformed,
+                "skipped": self.sets_skipped,
+                "failed": self.sets_failed,
+                "planned": self._count("planned"),
+                "interrupted": self._count("interrupted"),
+            },
+            "images": {
+                "transformed": self.images_transformed,
+                "already_done": sum(s.already_done for s in self.sets),
+                "failed": sum(s.failed for s in self.sets),
+            },
             "workers": self.workers,
             "scheduler": self.scheduler,
             "elapsed_seconds": round(self.elapsed, 3),
@@ -150,19 +161,30 @@ async def check_registered(storage: Storage, name: str, version: str, spec: Spec
     if existing.spec_digest != spec.digest:
         raise TransformSpecError(
             f"transform {name}@{version} is already registered as `{existing.command_line}`; "
-            f"`{spec.command_line()}` is a different spec: transforms are immutable, use a new --version")
+            f"`{spec.command_line()}` is a different spec: transforms are immutable, use a new --version"
+        )
     if existing.source != source:
         raise TransformSpecError(
             f"transform {name}@{version} was registered on {existing.source}, not {source}; "
-            "use a new --version for another source")
+            "use a new --version for another source"
+        )
     return True
 
 
-async def register_transform(storage: Storage, name: str, version: str, spec: Spec, source: str,
-                             imagemagick_version: str) -> bool:
+async def register_transform(
+    storage: Storage, name: str, version: str, spec: Spec, source: str, imagemagick_version: str
+) -> bool:
     """Register NAME@TV (or find it registered with the same recipe). True when this call registered it."""
-    row = ImageTransform(name, version, spec.canonical_json(), spec.digest, spec.command_line(),
-                         datetime.now(UTC).isoformat(timespec="seconds"), imagemagick_version, source)
+    row = ImageTransform(
+        name,
+        version,
+        spec.canonical_json(),
+        spec.digest,
+        spec.command_line(),
+        datetime.now(UTC).isoformat(timespec="seconds"),
+        imagemagick_version,
+        source,
+    )
     try:
         await storage.create_entity(storage.transforms, row.to_entity())
         return True
@@ -199,8 +221,7 @@ class SetJob:
 
     _writers: tuple[GroupCommit, GroupCommit] | None = None
 
-    async def process(self, source: ImageSet, identity: SetIdentity, todo: list[str],
-                      out: TransformSetOutcome) -> None:
+    async def process(self, source: ImageSet, identity: SetIdentity, todo: list[str], out: TransformSetOutcome) -> None:
         """Transform and store the source files ``todo``; count them in ``out``, name failures in the report."""
         raise NotImplementedError
 
@@ -209,38 +230,48 @@ class SetJob:
         """The job's ImageSets and TagIndex writes, group-committed across its sets (made on first use):
         output sets that finish together share their transactions, as an upload's sets do."""
         if self._writers is None:
-            self._writers = (GroupCommit(self.storage, self.upserts),
-                             GroupCommit(self.storage, self.upserts, self.storage.tags))
+            self._writers = (
+                GroupCommit(self.storage, self.upserts),
+                GroupCommit(self.storage, self.upserts, self.storage.tags),
+            )
         return self._writers
 
     async def run_set(self, plan: _Plan, out: TransformSetOutcome) -> TransformSetOutcome:
         storage, source = self.storage, plan.source
         identity = source.identity.derived(self.name, self.version)
         listing = await storage.list_prefix(source.blob_prefix)
-        names = sorted(n[len(source.blob_prefix):] for n in listing)
+        names = sorted(n[len(source.blob_prefix) :] for n in listing)
         out.images = len(names)
         if len(names) != source.image_count:
             # storage lost blobs its row counts (e.g. an emulator killed before saving): transforming
             # what is left would make a complete output that lies about its source
-            self.report.failures.append(Failure(
-                f"set {source.identity}", f"its row counts {source.image_count} images but {len(names)} blobs "
-                f"are stored under {source.blob_prefix}; not transformed (`corpus status --verify`, then "
-                "the upload rerun, repairs it)"))
+            self.report.failures.append(
+                Failure(
+                    f"set {source.identity}",
+                    f"its row counts {source.image_count} images but {len(names)} blobs "
+                    f"are stored under {source.blob_prefix}; not transformed (`corpus status --verify`, then "
+                    "the upload rerun, repairs it)",
+                )
+            )
             out.status = "failed"
             return out
         collisions = transforms.colliding_outputs(names, self.spec)
         if collisions:
             output, inputs = next(iter(sorted(collisions.items())))
-            self.report.failures.append(Failure(
-                f"set {source.identity}", f"{len(collisions)} outputs would be written by two inputs "
-                f"(e.g. {' and '.join(inputs)} -> {output}); the set is not transformed"))
+            self.report.failures.append(
+                Failure(
+                    f"set {source.identity}",
+                    f"{len(collisions)} outputs would be written by two inputs "
+                    f"(e.g. {' and '.join(inputs)} -> {output}); the set is not transformed",
+                )
+            )
             out.status = "failed"
             return out
         done: set[str] = set()
         etag: str | None = None
         if plan.output is not None:
             etag = plan.output.etag
-            done = {n[len(identity.blob_prefix):] for n in await storage.list_prefix(identity.blob_prefix)}
+            done = {n[len(identity.blob_prefix) :] for n in await storage.list_prefix(identity.blob_prefix)}
         else:
             pending = ImageSet(identity, tags=source.tags, status=PENDING, source_set=source.identity.key)
             try:
@@ -257,16 +288,22 @@ class SetJob:
             return out
         # the complete set = everything stored under the output prefix for this source
         final = await storage.list_prefix(identity.blob_prefix)
-        pairs = [(n[len(identity.blob_prefix):], info.md5_hex or "") for n, info in final.items()]
+        pairs = [(n[len(identity.blob_prefix) :], info.md5_hex or "") for n, info in final.items()]
         expected = {transforms.output_name(n, self.spec) for n in names}
         if {p for p, _ in pairs} != expected:
             missing = sorted(expected - {p for p, _ in pairs})
             self.report.failures.append(Failure(f"set {identity}", f"outputs missing after the run: {missing[:3]}"))
             out.status = "failed"
             return out
-        complete = ImageSet(identity, tags=source.tags, status=COMPLETE, image_count=len(pairs),
-                            total_bytes=sum(info.size for info in final.values()), content_digest=content_digest(pairs),
-                            source_set=source.identity.key)
+        complete = ImageSet(
+            identity,
+            tags=source.tags,
+            status=COMPLETE,
+            image_count=len(pairs),
+            total_bytes=sum(info.size for info in final.values()),
+            content_digest=content_digest(pairs),
+            source_set=source.identity.key,
+        )
         entity = complete.to_entity()
         entity["Indexed"] = False
         try:
@@ -289,8 +326,18 @@ class SetJob:
 class _Job(SetJob):
     """Output sets made by a local process pool."""
 
-    def __init__(self, storage: Storage, name: str, version: str, spec: Spec, pool: Executor, slots: int,
-                 upserts: int, progress: ProgressSink, report: TransformReport) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        name: str,
+        version: str,
+        spec: Spec,
+        pool: Executor,
+        slots: int,
+        upserts: int,
+        progress: ProgressSink,
+        report: TransformReport,
+    ) -> None:
         self.storage = storage
         self.name = name
         self.version = version
@@ -302,15 +349,17 @@ class _Job(SetJob):
         self.progress = progress
         self.report = report
 
-    async def process(self, source: ImageSet, identity: SetIdentity, todo: list[str],
-                      out: TransformSetOutcome) -> None:
+    async def process(self, source: ImageSet, identity: SetIdentity, todo: list[str], out: TransformSetOutcome) -> None:
         async def one(file_name: str) -> tuple[str, str, int]:
             return await self.one_image(source, identity, file_name)
 
         async for o in self.images.map(one, todo):
             if o.error is not None:
-                reason = str(o.error) if isinstance(o.error, CorpusError | transforms.ImageError) else (
-                    f"{o.error.__class__.__name__}: {o.error}")
+                reason = (
+                    str(o.error)
+                    if isinstance(o.error, CorpusError | transforms.ImageError)
+                    else (f"{o.error.__class__.__name__}: {o.error}")
+                )
                 self.report.failures.append(Failure(source.blob_prefix + o.item, reason))
                 out.failed += 1
                 self.progress.advance(files=1)
@@ -341,8 +390,9 @@ def _matches(image_set: ImageSet, tags: Sequence[str], source_version: str | Non
     return all(t.casefold() in have for t in tags)
 
 
-async def _load_partition(storage: Storage, partition: str, report: TransformReport,
-                          progress: ProgressSink) -> dict[tuple[str, str], ImageSet]:
+async def _load_partition(
+    storage: Storage, partition: str, report: TransformReport, progress: ProgressSink
+) -> dict[tuple[str, str], ImageSet]:
     out: dict[tuple[str, str], ImageSet] = {}
     async for entity in storage.query(storage.sets, "PartitionKey eq @pk", {"pk": partition}):
         try:
@@ -359,11 +409,23 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-async def run_transform(storage: Storage, name: str, version: str, spec: Spec, *, tags: Sequence[str] = (),
-                        source_version: str | None = None, source: str | None = None, workers: int | None = None,
-                        dry_run: bool = False, max_parallel_upserts: int = 5, progress: ProgressSink | None = None,
-                        report: TransformReport | None = None, pool: Executor | None = None,
-                        scheduler: str | None = None) -> TransformReport:
+async def run_transform(
+    storage: Storage,
+    name: str,
+    version: str,
+    spec: Spec,
+    *,
+    tags: Sequence[str] = (),
+    source_version: str | None = None,
+    source: str | None = None,
+    workers: int | None = None,
+    dry_run: bool = False,
+    max_parallel_upserts: int = 5,
+    progress: ProgressSink | None = None,
+    report: TransformReport | None = None,
+    pool: Executor | None = None,
+    scheduler: str | None = None,
+) -> TransformReport:
     """Apply ``spec`` as transform ``name@version`` to every complete source set that matches and
     has no complete output yet. ``source`` is ``NAME2@TV2`` to transform another transform's outputs.
     ``scheduler``: a Dask scheduler address; the images are then transformed on its workers."""
@@ -390,7 +452,11 @@ async def run_transform(storage: Storage, name: str, version: str, spec: Spec, *
     if report is None:
         report = TransformReport(name, version)
     report.command_line, report.source, report.dry_run, report.workers = (
-        spec.command_line(), source_label, dry_run, workers)
+        spec.command_line(),
+        source_label,
+        dry_run,
+        workers,
+    )
     started = time.perf_counter()
     own_pool: transforms.WorkerPool | None = None  # a pool made here is stopped here
     finished = False
@@ -412,13 +478,18 @@ async def run_transform(storage: Storage, name: str, version: str, spec: Spec, *
                 continue
             existing = outputs.get(key)
             if existing is not None and existing.is_complete:
-                report.sets.append(TransformSetOutcome(src.path, src.version, "skipped", images=existing.image_count,
-                                                       already_done=existing.image_count))
+                report.sets.append(
+                    TransformSetOutcome(
+                        src.path, src.version, "skipped", images=existing.image_count, already_done=existing.image_count
+                    )
+                )
                 continue
             plans.append(_Plan(src, existing))
         if dry_run:
-            report.sets.extend(TransformSetOutcome(p.source.path, p.source.version, "planned",
-                                                   images=p.source.image_count) for p in plans)
+            report.sets.extend(
+                TransformSetOutcome(p.source.path, p.source.version, "planned", images=p.source.image_count)
+                for p in plans
+            )
             return report
         if registered and not plans:
             return report  # nothing to do: no worker is started
@@ -426,9 +497,19 @@ async def run_transform(storage: Storage, name: str, version: str, spec: Spec, *
             from .distributed import run_on_cluster
 
             report.scheduler = scheduler
-            await run_on_cluster(storage, name, version, spec, plans, scheduler=scheduler, registered=registered,
-                                 source_label=source_label, report=report, progress=progress,
-                                 max_parallel_upserts=max_parallel_upserts)
+            await run_on_cluster(
+                storage,
+                name,
+                version,
+                spec,
+                plans,
+                scheduler=scheduler,
+                registered=registered,
+                source_label=source_label,
+                report=report,
+                progress=progress,
+                max_parallel_upserts=max_parallel_upserts,
+            )
             return report
         if pool is None:
             pool = own_pool = transforms.create_pool(workers)
@@ -449,8 +530,11 @@ async def run_transform(storage: Storage, name: str, version: str, spec: Spec, *
                 if o.error is not None:
                     out = outcomes[id(o.item)]
                     out.status = "failed"
-                    reason = str(o.error) if isinstance(o.error, CorpusError) else (
-                        f"{o.error.__class__.__name__}: {o.error}")
+                    reason = (
+                        str(o.error)
+                        if isinstance(o.error, CorpusError)
+                        else (f"{o.error.__class__.__name__}: {o.error}")
+                    )
                     report.failures.append(Failure(f"set {o.item.source.identity}", reason))
                 report.sets.append(outcomes.pop(id(o.item)))
         except (asyncio.CancelledError, KeyboardInterrupt):

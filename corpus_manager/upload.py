@@ -23,6 +23,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from . import storage as storage_module
@@ -109,10 +110,20 @@ class UploadReport:
             "root": self.root,
             "version": self.version,
             "dry_run": self.dry_run,
-            "sets": {"total": len(self.sets), "uploaded": self.sets_uploaded, "skipped": self.sets_skipped,
-                     "refused": self.sets_refused, "failed": self.sets_failed},
-            "files": {"uploaded": self.files_uploaded, "already_stored": self.files_already_stored,
-                      "corrupt": self.files_corrupt, "failed": self.files_failed, "ignored": self.files_ignored},
+            "sets": {
+                "total": len(self.sets),
+                "uploaded": self.sets_uploaded,
+                "skipped": self.sets_skipped,
+                "refused": self.sets_refused,
+                "failed": self.sets_failed,
+            },
+            "files": {
+                "uploaded": self.files_uploaded,
+                "already_stored": self.files_already_stored,
+                "corrupt": self.files_corrupt,
+                "failed": self.files_failed,
+                "ignored": self.files_ignored,
+            },
             "bytes_uploaded": self.bytes_uploaded,
             "elapsed_seconds": round(self.elapsed, 3),
             "files_per_second": round(self.files_per_second, 1),
@@ -222,7 +233,7 @@ def _hash_blocks(f: LocalFile, block_size: int, *, blocks: bool = True) -> _File
                 else:
                     whole.update(chunk)
             if size < HEAD:
-                head += bytes(chunk[:HEAD - size])
+                head += bytes(chunk[: HEAD - size])
             tail = (tail + bytes(chunk[-TAIL:]))[-TAIL:]
             size += n
             if n < block_size:
@@ -236,8 +247,9 @@ def _hash_blocks(f: LocalFile, block_size: int, *, blocks: bool = True) -> _File
     return res
 
 
-def _hash_files(files: list[LocalFile], keep: _KeepBudget | None, threshold: int,
-                block_size: int) -> list[_FileResult | OSError]:
+def _hash_files(
+    files: list[LocalFile], keep: _KeepBudget | None, threshold: int, block_size: int
+) -> list[_FileResult | OSError]:
     """Hash files in one worker-thread call. A file up to KEEP_FILE_MAX is read whole (and kept for its
     upload when ``keep`` has room for it); a bigger one is streamed, in blocks above ``threshold``."""
     out: list[_FileResult | OSError] = []
@@ -254,18 +266,18 @@ def _hash_files(files: list[LocalFile], keep: _KeepBudget | None, threshold: int
                 try:
                     data, md5, kind, bad = _read_and_check(f.path)
                 except BaseException:
-                    if held:
-                        keep.give(held)  # type: ignore[union-attr]
+                    if held and keep is not None:
+                        keep.give(held)
                     raise
                 res = _FileResult(f, md5.hex(), len(data), md5=md5, kind=kind, bad=bad)
                 if len(data) > threshold:  # it grew since the crawl: a big file after all
-                    if held:
-                        keep.give(held)  # type: ignore[union-attr]
+                    if held and keep is not None:
+                        keep.give(held)
                     res = _hash_blocks(f, block_size)
                 elif held and bad is None:
                     res.data, res.kept = data, held
-                elif held:
-                    keep.give(held)  # type: ignore[union-attr]
+                elif held and keep is not None:
+                    keep.give(held)
             out.append(res)
         except OSError as exc:
             out.append(exc)
@@ -432,6 +444,7 @@ class _SetJob:
             batch_bytes += f.size
         if batch:
             calls.append(batch)
+
         async def call(files: list[LocalFile]) -> list[_FileResult | OSError]:
             async with self.up.hashing:
                 return await asyncio.to_thread(_hash_files, files, budget, threshold, block_size)
@@ -453,8 +466,13 @@ class _SetJob:
     # ----- the claim ------------------------------------------------------------------------
     def _claim_fields(self) -> dict[str, Any]:
         ident = self.identity
-        return {"PartitionKey": ident.partition_key, "RowKey": ident.row_key, "Writer": self.up.run_id,
-                "Claim": self.digest, "Renewed": datetime.datetime.now(datetime.UTC).isoformat()}
+        return {
+            "PartitionKey": ident.partition_key,
+            "RowKey": ident.row_key,
+            "Writer": self.up.run_id,
+            "Claim": self.digest,
+            "Renewed": datetime.datetime.now(datetime.UTC).isoformat(),
+        }
 
     async def claim(self, digest: str) -> str | None:
         """Own the set version before its first blob: None when this run may write it (or it is already
@@ -488,9 +506,11 @@ class _SetJob:
                 age = lease.age()
                 if age < LEASE_SECONDS:
                     who = f"run {lease.writer[:8]}" if lease.writer else "another run"
-                    return (f"set {self.label} is being uploaded by another run with different content ({who}, "
-                            f"active {max(age, 0):.0f} s ago); versions are immutable: upload yours as a new "
-                            f"--version (if that run died, a rerun after {LEASE_SECONDS:.0f} s takes the set over)")
+                    return (
+                        f"set {self.label} is being uploaded by another run with different content ({who}, "
+                        f"active {max(age, 0):.0f} s ago); versions are immutable: upload yours as a new "
+                        f"--version (if that run died, a rerun after {LEASE_SECONDS:.0f} s takes the set over)"
+                    )
                 took_over = True
             sent = time.monotonic()
             try:
@@ -529,8 +549,10 @@ class _SetJob:
                 except Conflict:
                     row = await self.reread()
                     if row.is_complete or self.lease.claim != self.digest:
-                        self.lost = (f"set {self.label} was taken over by another run while this one uploaded it "
-                                     "(this run's claim had expired); this run stopped writing to it")
+                        self.lost = (
+                            f"set {self.label} was taken over by another run while this one uploaded it "
+                            "(this run's claim had expired); this run stopped writing to it"
+                        )
                         return
                     self.etag = row.etag
             raise Conflict(f"set {self.label}: its row kept changing under concurrent runs; rerun to finish it")
@@ -559,7 +581,7 @@ class _SetJob:
         names = {self.identity.blob_prefix + r.file.name for r in good}
         for name in [n for n in self.listing if n not in names]:  # left by an interrupted run of files gone locally
             await self.fence()
-            await up.uploads.run(lambda n=name: up.storage.delete_blob(n))
+            await up.uploads.run(partial(up.storage.delete_blob, name))
         return failed
 
     async def put_one(self, res: _FileResult) -> _FileResult:
@@ -577,15 +599,26 @@ class _SetJob:
         if res.data is not None:
             await up.storage.put_blob(name, res.data, content_type=content_type, md5=res.md5)
         elif res.blocks is not None and res.size > storage_module.BLOCK_THRESHOLD:
-            await up.storage.put_blocks(name, res.file.path, size=res.size, block_size=storage_module.BLOCK_SIZE,
-                                        content_type=content_type, md5=res.md5, block_md5s=res.blocks,
-                                        token=up.run_id, budget=up.put_budget, before_commit=self.fence)
+            await up.storage.put_blocks(
+                name,
+                res.file.path,
+                size=res.size,
+                block_size=storage_module.BLOCK_SIZE,
+                content_type=content_type,
+                md5=res.md5,
+                block_md5s=res.blocks,
+                token=up.run_id,
+                budget=up.put_budget,
+                before_commit=self.fence,
+            )
         else:
             async with up.put_budget.hold(res.size):
                 data = await asyncio.to_thread(storage_module.read_range, res.file.path, 0, res.size)
                 if len(data) != res.size:
-                    raise StorageError(f"upload of {name}: the file is shorter than when it was hashed "
-                                       f"({len(data)} of {res.size} bytes); not stored")
+                    raise StorageError(
+                        f"upload of {name}: the file is shorter than when it was hashed "
+                        f"({len(data)} of {res.size} bytes); not stored"
+                    )
                 # the service checks the bytes against the MD5 from hashing: a file changed since fails
                 await up.storage.put_blob(name, data, content_type=content_type, md5=res.md5)
         res.state = "uploaded"
@@ -604,14 +637,21 @@ class _SetJob:
             prefix = self.identity.blob_prefix
             stored = await up.storage.list_prefix(prefix)
             want = {prefix + n: md5 for n, md5 in pairs}
-            wrong = sorted(n for n in set(stored) | set(want)
-                           if n not in stored or stored[n].md5_hex != want.get(n))
+            wrong = sorted(n for n in set(stored) | set(want) if n not in stored or stored[n].md5_hex != want.get(n))
             if wrong:
-                raise Conflict(f"set {self.label}: {len(wrong)} blob(s) changed while this run finished the set it "
-                               f"took over (e.g. {wrong[0]}); the run it took over from may still be writing: "
-                               "rerun to finish it")
-        image_set = ImageSet(self.identity, tags=self.tags, status=COMPLETE, image_count=image_count,
-                             total_bytes=total_bytes, content_digest=digest)
+                raise Conflict(
+                    f"set {self.label}: {len(wrong)} blob(s) changed while this run finished the set it "
+                    f"took over (e.g. {wrong[0]}); the run it took over from may still be writing: "
+                    "rerun to finish it"
+                )
+        image_set = ImageSet(
+            self.identity,
+            tags=self.tags,
+            status=COMPLETE,
+            image_count=image_count,
+            total_bytes=total_bytes,
+            content_digest=digest,
+        )
         entity = image_set.to_entity()
         entity["Indexed"] = False
         for _attempt in range(5):
@@ -623,15 +663,19 @@ class _SetJob:
                 current = await self.reread()
                 if current.is_complete:
                     if current.content_digest != digest:
-                        raise ImmutableSetError(f"set {self.label} was completed meanwhile by another run with "
-                                                "different content; versions are immutable") from None
+                        raise ImmutableSetError(
+                            f"set {self.label} was completed meanwhile by another run with "
+                            "different content; versions are immutable"
+                        ) from None
                     if not current.indexed:
                         await up.tag_index.add(current)
                     out.status = "uploaded"
                     return out
                 if self.lease.claim != digest:
-                    raise ClaimLost(f"set {self.label} was taken over by another run while this one uploaded it "
-                                    "(this run's claim had expired); this run did not complete it") from None
+                    raise ClaimLost(
+                        f"set {self.label} was taken over by another run while this one uploaded it "
+                        "(this run's claim had expired); this run did not complete it"
+                    ) from None
                 self.etag = current.etag  # a run of the same content renewed its claim: same bytes
         else:
             raise Conflict(f"set {self.label}: its row kept changing under concurrent runs; rerun to finish it")
@@ -662,16 +706,21 @@ class _SetJob:
             return out
         stored = await self.up.storage.list_prefix(self.identity.blob_prefix)
         prefix = self.identity.blob_prefix
-        remote = {name[len(prefix):]: info.md5_hex for name, info in stored.items()}
+        remote = {name[len(prefix) :]: info.md5_hex for name, info in stored.items()}
         local = dict(pairs)
         added = sorted(set(local) - set(remote))
         removed = sorted(set(remote) - set(local))
         changed = sorted(n for n in set(local) & set(remote) if local[n] != remote[n])
-        detail = ", ".join(f"{len(v)} {k}" + (f" (e.g. {v[0]})" if v else "")
-                           for k, v in (("added", added), ("changed", changed), ("removed", removed)) if v)
-        err = ImmutableSetError(f"set {self.label} is complete and its local content differs "
-                                f"({detail or 'digest differs'}); "
-                                "versions are immutable: upload it as a new --version")
+        detail = ", ".join(
+            f"{len(v)} {k}" + (f" (e.g. {v[0]})" if v else "")
+            for k, v in (("added", added), ("changed", changed), ("removed", removed))
+            if v
+        )
+        err = ImmutableSetError(
+            f"set {self.label} is complete and its local content differs "
+            f"({detail or 'digest differs'}); "
+            "versions are immutable: upload it as a new --version"
+        )
         self.up.failures.append(Failure(self.group.abs_dir, str(err), "refused"))
         out.status = "refused"
         return out
@@ -686,8 +735,7 @@ class _SetJob:
 
 
 class _Uploader:
-    def __init__(self, storage: Storage, version: str, uploads: int, upserts: int,
-                 progress: ProgressSink) -> None:
+    def __init__(self, storage: Storage, version: str, uploads: int, upserts: int, progress: ProgressSink) -> None:
         self.storage = storage
         self.version = version
         self.uploads = ThrottleWork(uploads)
@@ -722,8 +770,7 @@ class _Uploader:
     async def load_existing(self) -> None:
         """One paged query for every set of this version, instead of a read per set."""
         query = "PartitionKey eq @pk and Version eq @v"
-        async for entity in self.storage.query(self.storage.sets, query, {"pk": ORIGINAL_PARTITION,
-                                                                          "v": self.version}):
+        async for entity in self.storage.query(self.storage.sets, query, {"pk": ORIGINAL_PARTITION, "v": self.version}):
             try:
                 image_set = ImageSet.from_entity(entity)
             except CorruptRow as exc:
@@ -740,11 +787,19 @@ def _set_parallelism(uploads: int) -> int:
     return max(2, min(uploads, 32))
 
 
-async def upload_tree(storage: Storage, root: str, version: str, *, extensions: Any = None,
-                      max_parallel_uploads: int = 20, max_parallel_upserts: int = 5, dry_run: bool = False,
-                      progress: ProgressSink | None = None,
-                      on_crawler: Callable[[Crawler], None] | None = None,
-                      report: UploadReport | None = None) -> UploadReport:
+async def upload_tree(
+    storage: Storage,
+    root: str,
+    version: str,
+    *,
+    extensions: Any = None,
+    max_parallel_uploads: int = 20,
+    max_parallel_upserts: int = 5,
+    dry_run: bool = False,
+    progress: ProgressSink | None = None,
+    on_crawler: Callable[[Crawler], None] | None = None,
+    report: UploadReport | None = None,
+) -> UploadReport:
     """Crawl ``root`` and upload every image set as ``version``. See the module docstring.
 
     Pass ``report`` to have it filled in place: if the run is cancelled (Ctrl-C), it still says what
@@ -763,10 +818,10 @@ async def upload_tree(storage: Storage, root: str, version: str, *, extensions: 
     started = time.perf_counter()
     # each upload holds a socket and a file, each table write a socket (table writes get at most a
     # quarter of the descriptors): never more in flight than the open-file limit holds
-    max_parallel_upserts, capped_upserts = open_file_cap(max_parallel_upserts, "--max-parallel-upserts",
-                                                         per_item=4)
-    max_parallel_uploads, capped = open_file_cap(max_parallel_uploads, "--max-parallel-uploads",
-                                                 others=max_parallel_upserts)
+    max_parallel_upserts, capped_upserts = open_file_cap(max_parallel_upserts, "--max-parallel-upserts", per_item=4)
+    max_parallel_uploads, capped = open_file_cap(
+        max_parallel_uploads, "--max-parallel-uploads", others=max_parallel_upserts
+    )
     report.warnings += [note for note in (capped, capped_upserts) if note]
     up = _Uploader(storage, version, max_parallel_uploads, max_parallel_upserts, progress)
     if dry_run:
@@ -855,7 +910,14 @@ async def _plan(up: _Uploader, crawler: Crawler, report: UploadReport) -> None:
         existing = up.existing.get(identity)
         state = "planned" if existing is None or not existing.is_complete else "skipped"
         planned = state == "planned"
-        report.sets.append(SetOutcome(identity.path, identity.version, state, images=len(group.files),
-                                      uploaded=len(group.files) if planned else 0,
-                                      already_stored=0 if planned else len(group.files),
-                                      bytes=sum(f.size for f in group.files) if planned else 0))
+        report.sets.append(
+            SetOutcome(
+                identity.path,
+                identity.version,
+                state,
+                images=len(group.files),
+                uploaded=len(group.files) if planned else 0,
+                already_stored=0 if planned else len(group.files),
+                bytes=sum(f.size for f in group.files) if planned else 0,
+            )
+        )

@@ -37,7 +37,7 @@ class VerifyResult:
 
 async def _mismatch(storage: Storage, s: ImageSet) -> str | None:
     listing = await storage.list_prefix(s.blob_prefix)
-    pairs = [(name[len(s.blob_prefix):], info.md5_hex or "") for name, info in listing.items()]
+    pairs = [(name[len(s.blob_prefix) :], info.md5_hex or "") for name, info in listing.items()]
     if len(pairs) != s.image_count:
         return f"{len(pairs)} blobs stored under {s.blob_prefix}, its row counts {s.image_count}"
     if content_digest(pairs) != s.content_digest:
@@ -55,8 +55,9 @@ async def _demote(storage: Storage, s: ImageSet) -> None:
     await storage.update_entity(storage.sets, {**keys, "Status": PENDING}, etag=etag)
 
 
-async def verify_complete_sets(storage: Storage, sets: list[ImageSet], *, parallel: int = 20,
-                               progress: ProgressSink | None = None) -> VerifyResult:
+async def verify_complete_sets(
+    storage: Storage, sets: list[ImageSet], *, parallel: int = 20, progress: ProgressSink | None = None
+) -> VerifyResult:
     """List every complete set in ``sets``; demote those whose blobs do not match their row."""
     progress = progress or NullProgress()
     result = VerifyResult()
@@ -81,6 +82,8 @@ async def verify_complete_sets(storage: Storage, sets: list[ImageSet], *, parall
         result.checked += 1
         if o.result is not None:
             result.demoted.append(f"{label}: {o.result}")
-            progress.note(f"set {label} was complete but {o.result}: set back to pending; rerun its upload or "
-                          "transform to finish it")
+            progress.note(
+                f"set {label} was complete but {o.result}: set back to pending; rerun its upload or "
+                "transform to finish it"
+            )
     return result

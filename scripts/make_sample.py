@@ -26,8 +26,7 @@ def main(root: Path) -> None:
             target = folder / f"img{i:02}.{ext}"
             if not target.exists():
                 # -seed makes plasma deterministic, so reruns of the demo make the same bytes
-                subprocess.run(["convert", "-seed", str(100 + i), "-size", "160x120", source, str(target)],
-                               check=True)
+                subprocess.run(["convert", "-seed", str(100 + i), "-size", "160x120", source, str(target)], check=True)
                 made += 1
     (root / "animals" / "README.txt").write_text("not an image: ignored by the crawl\n")
     print(f"sample corpus in {root}: {sum(len(v) for v in TREE.values())} images ({made} new)", file=sys.stderr)

@@ -54,9 +54,11 @@ class Azurite:
 
     @property
     def connection_string(self) -> str:
-        return (f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
-                f"BlobEndpoint=http://127.0.0.1:{self.blob_port}/{ACCOUNT};"
-                f"TableEndpoint=http://127.0.0.1:{self.table_port}/{ACCOUNT};")
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
+            f"BlobEndpoint=http://127.0.0.1:{self.blob_port}/{ACCOUNT};"
+            f"TableEndpoint=http://127.0.0.1:{self.table_port}/{ACCOUNT};"
+        )
 
     @property
     def blob_endpoint(self) -> str:
@@ -66,11 +68,31 @@ class Azurite:
         if not AZURITE_BIN.exists():
             pytest.fail(f"{AZURITE_BIN} is missing: run `make test` (it runs `npm ci`)")
         self.proc = subprocess.Popen(
-            [str(AZURITE_BIN), "--disableTelemetry", "--silent", "--skipApiVersionCheck", "--loose",
-             "--location", str(self.location), "--blobHost", "127.0.0.1", "--queueHost", "127.0.0.1",
-             "--tableHost", "127.0.0.1", "--blobPort", str(self.blob_port), "--queuePort",
-             str(self.queue_port), "--tablePort", str(self.table_port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            [
+                str(AZURITE_BIN),
+                "--disableTelemetry",
+                "--silent",
+                "--skipApiVersionCheck",
+                "--loose",
+                "--location",
+                str(self.location),
+                "--blobHost",
+                "127.0.0.1",
+                "--queueHost",
+                "127.0.0.1",
+                "--tableHost",
+                "127.0.0.1",
+                "--blobPort",
+                str(self.blob_port),
+                "--queuePort",
+                str(self.queue_port),
+                "--tablePort",
+                str(self.table_port),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         _wait_port(self.blob_port)
         _wait_port(self.table_port)
 
@@ -123,8 +145,7 @@ def image_bytes(kind: str = "png", size: str = "16x16", color: str = "red") -> b
     key = (kind, size, color)
     if key not in _IMAGE_CACHE:
         source = color if ":" in color else f"xc:{color}"  # e.g. "plasma:" for a busy image
-        out = subprocess.run(["convert", "-size", size, source, f"{kind}:-"], check=True,
-                             capture_output=True)
+        out = subprocess.run(["convert", "-size", size, source, f"{kind}:-"], check=True, capture_output=True)
         _IMAGE_CACHE[key] = out.stdout
     return _IMAGE_CACHE[key]
 

@@ -42,8 +42,11 @@ def blobs(conn: str, corpus: str) -> dict[str, dict[str, Any]]:
         out = {}
         async for b in storage.container.list_blobs():
             md5 = b.content_settings.content_md5
-            out[b.name] = {"size": b.size, "md5": bytes(md5).hex() if md5 else None,
-                           "content_type": b.content_settings.content_type}
+            out[b.name] = {
+                "size": b.size,
+                "md5": bytes(md5).hex() if md5 else None,
+                "content_type": b.content_settings.content_type,
+            }
         return out
 
     return with_storage(conn, corpus, fn)

@@ -36,17 +36,31 @@ V2_FILES = {"red/angry/robin/a.png": "purple"}
 CHARCOAL_FILES = {"a.png": "gray", "b.png": "silver"}
 
 
-async def add_set(storage: Storage, identity: SetIdentity, tags: list[str], files: dict[str, bytes], *,
-                  status: str = COMPLETE, source_set: str = "", index: bool = True) -> ImageSet:
+async def add_set(
+    storage: Storage,
+    identity: SetIdentity,
+    tags: list[str],
+    files: dict[str, bytes],
+    *,
+    status: str = COMPLETE,
+    source_set: str = "",
+    index: bool = True,
+) -> ImageSet:
     """A set written the way the pipeline writes one: blobs first, then its row, then its tag rows."""
     for fname, data in files.items():
-        await storage.put_blob(identity.blob_name(fname), data, content_type="image/png",
-                               md5=hashlib.md5(data).digest())
+        await storage.put_blob(
+            identity.blob_name(fname), data, content_type="image/png", md5=hashlib.md5(data).digest()
+        )
     pairs = [(f, hashlib.md5(d).hexdigest()) for f, d in files.items()]
-    image_set = ImageSet(identity, tags=tags, status=status, image_count=len(files) if status == COMPLETE else 0,
-                         total_bytes=sum(len(d) for d in files.values()) if status == COMPLETE else 0,
-                         content_digest=content_digest(pairs) if status == COMPLETE else "",
-                         source_set=source_set)
+    image_set = ImageSet(
+        identity,
+        tags=tags,
+        status=status,
+        image_count=len(files) if status == COMPLETE else 0,
+        total_bytes=sum(len(d) for d in files.values()) if status == COMPLETE else 0,
+        content_digest=content_digest(pairs) if status == COMPLETE else "",
+        source_set=source_set,
+    )
     image_set.etag = await storage.create_entity(storage.sets, image_set.to_entity())
     if index and status == COMPLETE:
         await index_set(storage, image_set, ThrottleWork(4))
@@ -89,12 +103,18 @@ def build_known_corpus(conn: str, tmp: Path, name: str | None = None) -> KnownCo
             assert report.ok, report.failures
         storage = c.storage
         source = SetIdentity("red/angry/robin", "v1")
-        await add_set(storage, source.derived("charcoal", "1"), ["red", "angry", "robin"],
-                      {f: image_bytes(color=col) for f, col in CHARCOAL_FILES.items()}, source_set=source.key)
+        await add_set(
+            storage,
+            source.derived("charcoal", "1"),
+            ["red", "angry", "robin"],
+            {f: image_bytes(color=col) for f, col in CHARCOAL_FILES.items()},
+            source_set=source.key,
+        )
         transform = ImageTransform("charcoal", "1", '[{"op":"charcoal","arg":"2"}]', "d" * 64, "charcoal=2")
         await storage.create_entity(storage.transforms, transform.to_entity())
-        await add_set(storage, SetIdentity("red/wip", "v1"), ["red", "wip"],
-                      {"w.png": image_bytes(color="white")}, status=PENDING)
+        await add_set(
+            storage, SetIdentity("red/wip", "v1"), ["red", "wip"], {"w.png": image_bytes(color="white")}, status=PENDING
+        )
 
     run(conn, name, fill)
     sizes = {}
@@ -110,4 +130,4 @@ def build_known_corpus(conn: str, tmp: Path, name: str | None = None) -> KnownCo
 
 def set_bytes(known: KnownCorpus, prefix: str) -> int:
     """Bytes of the blobs directly under a set prefix."""
-    return sum(n for b, n in known.sizes.items() if b.startswith(prefix) and "/" not in b[len(prefix):])
+    return sum(n for b, n in known.sizes.items() if b.startswith(prefix) and "/" not in b[len(prefix) :])

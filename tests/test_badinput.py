@@ -71,7 +71,8 @@ def test_a_directory_replaced_by_a_file_mid_walk_is_named_and_the_walk_goes_on(t
     (tmp_path / "b").write_bytes(b"now a file")
     assert [g.rel_dir for g in walk] == ["c"]
     assert [(p.path, p.reason) for p in crawler.problems] == [
-        (str(tmp_path / "b"), "is no longer a directory (changed during the walk)")]
+        (str(tmp_path / "b"), "is no longer a directory (changed during the walk)")
+    ]
 
 
 # ----- files ---------------------------------------------------------------------------------
@@ -124,8 +125,9 @@ def _unprivileged(cmd: list[str], probe: Path) -> list[str]:
     return [*prefix, *cmd]
 
 
-def test_unreadable_file_and_directory_are_named_and_the_rest_uploaded(conn: str, corpus_name: str,
-                                                                       world_readable_dir: Path) -> None:
+def test_unreadable_file_and_directory_are_named_and_the_rest_uploaded(
+    conn: str, corpus_name: str, world_readable_dir: Path
+) -> None:
     root = world_readable_dir / "photos"
     write_image(root / "open" / "a.png")
     locked_file = write_image(root / "open" / "locked.png", color="blue")
@@ -135,20 +137,24 @@ def test_unreadable_file_and_directory_are_named_and_the_rest_uploaded(conn: str
         p.chmod(0o755 if p.is_dir() else 0o644)
     locked_file.chmod(0)
     locked_dir.chmod(0)
-    cmd = _unprivileged([sys.executable, "-m", "corpus_manager.cli", "upload", str(root), "--version", "v1"],
-                        locked_file)
+    cmd = _unprivileged(
+        [sys.executable, "-m", "corpus_manager.cli", "upload", str(root), "--version", "v1"], locked_file
+    )
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd="/")
     assert res.returncode == 1, res.stderr
-    assert sorted(res.stderr.splitlines()) == [f"skipped: {locked_dir}: permission denied; skipped",
-                                               f"skipped: {locked_file}: permission denied; skipped"]
+    assert sorted(res.stderr.splitlines()) == [
+        f"skipped: {locked_dir}: permission denied; skipped",
+        f"skipped: {locked_file}: permission denied; skipped",
+    ]
     assert "  files       1 uploaded," in res.stdout
     assert list(blobs(conn, corpus_name)) == ["original/open/v1/a.png"]
     (row,) = rows(conn, corpus_name)
     assert row["Path"] == "open" and row["Status"] == "complete" and row["ImageCount"] == 1
 
 
-def test_symlinks_outside_the_root_are_followed_and_broken_ones_named(conn: str, corpus_name: str,
-                                                                      tmp_path: Path) -> None:
+def test_symlinks_outside_the_root_are_followed_and_broken_ones_named(
+    conn: str, corpus_name: str, tmp_path: Path
+) -> None:
     """The choice (README): links are followed, also out of ROOT, since image folders often link to a data
     disk; the set takes the link's place in the tree (its path and tags are the link's)."""
     outside = tmp_path / "disk"
@@ -161,20 +167,20 @@ def test_symlinks_outside_the_root_are_followed_and_broken_ones_named(conn: str,
     (root / "own" / "dangling.png").symlink_to(tmp_path / "nowhere.png")
     report = upload(conn, corpus_name, root)
     assert [(f.item, f.reason) for f in report.failures] == [
-        (str(root / "own" / "dangling.png"), "vanished or is a broken symlink; skipped")]
+        (str(root / "own" / "dangling.png"), "vanished or is a broken symlink; skipped")
+    ]
     stored = blobs(conn, corpus_name)
     assert sorted(stored) == ["original/linked/v1/robin.png", "original/own/v1/far.png", "original/own/v1/x.png"]
     assert stored["original/own/v1/far.png"]["md5"] == md5_of(far_file)
-    assert {r["Path"]: json.loads(r["Tags"]) for r in rows(conn, corpus_name)} == {
-        "linked": ["linked"], "own": ["own"]}
+    assert {r["Path"]: json.loads(r["Tags"]) for r in rows(conn, corpus_name)} == {"linked": ["linked"], "own": ["own"]}
 
 
-AWKWARD = ["100%.png", "a#b.png", "what?.png", " lead.png", "trail .png",
-           "%2F.png", "é ü.png"]
+AWKWARD = ["100%.png", "a#b.png", "what?.png", " lead.png", "trail .png", "%2F.png", "é ü.png"]
 
 
-def test_awkward_file_names_round_trip_through_upload_query_and_download(conn: str, corpus_name: str,
-                                                                          tmp_path: Path) -> None:
+def test_awkward_file_names_round_trip_through_upload_query_and_download(
+    conn: str, corpus_name: str, tmp_path: Path
+) -> None:
     root = tmp_path / "photos"
     folder = root / " odd #?% dir "
     local = {n: write_image(folder / n, color=f"rgb({i * 25},0,0)") for i, n in enumerate(AWKWARD)}
@@ -189,7 +195,8 @@ def test_awkward_file_names_round_trip_through_upload_query_and_download(conn: s
     assert sorted(res.stderr.splitlines()) == [
         f"refused: {folder}/bad\\xff.png: name is not valid UTF-8 (rename it); not uploaded",
         f"refused: {folder}/new\\nline.png: {control.format(10)} (rename it); not uploaded",
-        f"refused: {folder}/tab\\there.png: {control.format(9)} (rename it); not uploaded"]
+        f"refused: {folder}/tab\\there.png: {control.format(9)} (rename it); not uploaded",
+    ]
     assert f"  files       {len(AWKWARD)} uploaded," in res.stdout
 
     query = CliRunner().invoke(cli, ["query", "--json", "--tag", "odd #?% dir"])
@@ -198,8 +205,7 @@ def test_awkward_file_names_round_trip_through_upload_query_and_download(conn: s
     assert found["path"] == " odd #?% dir " and found["images"] == len(AWKWARD)
 
     out, manifest = tmp_path / "out", tmp_path / "m.jsonl"
-    res = CliRunner().invoke(cli, ["download", "--tag", "odd #?% dir", "--out", str(out), "--manifest",
-                                   str(manifest)])
+    res = CliRunner().invoke(cli, ["download", "--tag", "odd #?% dir", "--out", str(out), "--manifest", str(manifest)])
     assert res.exit_code == 0, res.output
     back = out / "original" / " odd #?% dir " / "v1"
     assert sorted(p.name for p in back.iterdir()) == sorted(AWKWARD)  # the original names, byte for byte
@@ -209,8 +215,9 @@ def test_awkward_file_names_round_trip_through_upload_query_and_download(conn: s
     assert sorted(Path(r["local_path"]).name for r in records) == sorted(AWKWARD)
 
 
-def test_too_long_paths_are_named_with_the_limit_and_the_rest_uploaded(conn: str, corpus_name: str,
-                                                                       tmp_path: Path) -> None:
+def test_too_long_paths_are_named_with_the_limit_and_the_rest_uploaded(
+    conn: str, corpus_name: str, tmp_path: Path
+) -> None:
     """Table Storage keys hold 1 KiB of UTF-16 (512 units): a set whose keys (after escaping) would not
     fit fails before its first blob, with its path and the limit; the others are uploaded."""
     deep = tmp_path.joinpath(*["ab"] * 150)  # 449 characters, but every '/' escapes to three in a key
@@ -231,20 +238,26 @@ def test_too_long_paths_are_named_with_the_limit_and_the_rest_uploaded(conn: str
 
 
 # ----- options and settings ------------------------------------------------------------------
-@pytest.mark.parametrize(("args", "message"), [
-    (["transform", "bad name", "--version", "1", "--op", "resize=8x8"], "transform name 'bad name' is not valid"),
-    (["transform", "ok", "--version", "1/2", "--op", "resize=8x8"], "transform version '1/2' is not valid"),
-    (["transform", "ok", "--version", "1", "--op", "resize=8x8", "--source-version", "v 1"],
-     "--source-version 'v 1' is not valid"),
-    (["transform", "ok", "--version", "1", "--op", "resize=8x8", "--from", "nope"], "must be NAME@VERSION"),
-    (["transform", "ok", "--version", "1", "--op", "resize=8x8", "--from", "ok@1"], "cannot read its own outputs"),
-    (["download", "--out", "OUT", "--version", "-v"], "version '-v' is not valid"),
-    (["upload", "ROOT", "--version", "." * 3], "version '...' is not valid"),
-    (["upload", "ROOT", "--version", "x" * 65], "is not valid"),
-    (["query", "--corpus", "Bad_Name"], "corpus name 'Bad_Name' is not valid"),
-])
-def test_invalid_names_are_usage_errors_that_write_nothing(conn: str, corpus_name: str, tmp_path: Path,
-                                                           args: list[str], message: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["transform", "bad name", "--version", "1", "--op", "resize=8x8"], "transform name 'bad name' is not valid"),
+        (["transform", "ok", "--version", "1/2", "--op", "resize=8x8"], "transform version '1/2' is not valid"),
+        (
+            ["transform", "ok", "--version", "1", "--op", "resize=8x8", "--source-version", "v 1"],
+            "--source-version 'v 1' is not valid",
+        ),
+        (["transform", "ok", "--version", "1", "--op", "resize=8x8", "--from", "nope"], "must be NAME@VERSION"),
+        (["transform", "ok", "--version", "1", "--op", "resize=8x8", "--from", "ok@1"], "cannot read its own outputs"),
+        (["download", "--out", "OUT", "--version", "-v"], "version '-v' is not valid"),
+        (["upload", "ROOT", "--version", "." * 3], "version '...' is not valid"),
+        (["upload", "ROOT", "--version", "x" * 65], "is not valid"),
+        (["query", "--corpus", "Bad_Name"], "corpus name 'Bad_Name' is not valid"),
+    ],
+)
+def test_invalid_names_are_usage_errors_that_write_nothing(
+    conn: str, corpus_name: str, tmp_path: Path, args: list[str], message: str
+) -> None:
     write_image(tmp_path / "root" / "s" / "a.png")
     args = [str(tmp_path / "root") if a == "ROOT" else str(tmp_path / "out") if a == "OUT" else a for a in args]
     res = CliRunner().invoke(cli, args)
@@ -253,16 +266,28 @@ def test_invalid_names_are_usage_errors_that_write_nothing(conn: str, corpus_nam
     assert not container_exists(conn, corpus_name) and not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("command", [["upload", "ROOT", "--version", "v1"], ["query"], ["download", "--out", "OUT"],
-                                     ["status"], ["transform", "t", "--version", "1", "--op", "resize=8x8"],
-                                     ["transforms"]])
-@pytest.mark.parametrize(("conn_str", "message"), [
-    (f"AccountName=acct;AccountKey={KEY};garbage", "the connection string is malformed"),
-    ("AccountName=acct;AccountKey=not*base64", "AccountKey is not valid base64"),
-    (f"AccountKey={KEY}", "names no account"),
-])
-def test_malformed_connection_strings_fail_every_command_with_exit_2(tmp_path: Path, command: list[str],
-                                                                     conn_str: str, message: str) -> None:
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["upload", "ROOT", "--version", "v1"],
+        ["query"],
+        ["download", "--out", "OUT"],
+        ["status"],
+        ["transform", "t", "--version", "1", "--op", "resize=8x8"],
+        ["transforms"],
+    ],
+)
+@pytest.mark.parametrize(
+    ("conn_str", "message"),
+    [
+        (f"AccountName=acct;AccountKey={KEY};garbage", "the connection string is malformed"),
+        ("AccountName=acct;AccountKey=not*base64", "AccountKey is not valid base64"),
+        (f"AccountKey={KEY}", "names no account"),
+    ],
+)
+def test_malformed_connection_strings_fail_every_command_with_exit_2(
+    tmp_path: Path, command: list[str], conn_str: str, message: str
+) -> None:
     write_image(tmp_path / "root" / "a.png")
     args = [str(tmp_path / "root") if a == "ROOT" else str(tmp_path / "out") if a == "OUT" else a for a in command]
     res = CliRunner().invoke(cli, [*args, "--connection-string", conn_str])
@@ -274,16 +299,27 @@ def test_malformed_connection_strings_fail_every_command_with_exit_2(tmp_path: P
 
 
 # ----- corrupt rows --------------------------------------------------------------------------
-def test_corrupt_set_row_is_named_and_survived_by_download_and_transform(conn: str, corpus_name: str,
-                                                                         tmp_path: Path) -> None:
+def test_corrupt_set_row_is_named_and_survived_by_download_and_transform(
+    conn: str, corpus_name: str, tmp_path: Path
+) -> None:
     write_image(tmp_path / "photos" / "good" / "a.png", size="32x32")
     assert upload(conn, corpus_name, tmp_path / "photos").ok
 
     async def spoil(storage: Storage) -> None:  # rows no run of the tool writes, put there with the SDK
-        await storage.upsert_entity(storage.sets, {"PartitionKey": "original", "RowKey": "zz|v1", "Path": "zz",
-                                                   "Version": "v1", "Tags": "not json", "Status": "complete"})
-        await storage.upsert_entity(storage.sets, {"PartitionKey": "original", "RowKey": "no-version",
-                                                   "Status": "complete"})
+        await storage.upsert_entity(
+            storage.sets,
+            {
+                "PartitionKey": "original",
+                "RowKey": "zz|v1",
+                "Path": "zz",
+                "Version": "v1",
+                "Tags": "not json",
+                "Status": "complete",
+            },
+        )
+        await storage.upsert_entity(
+            storage.sets, {"PartitionKey": "original", "RowKey": "no-version", "Status": "complete"}
+        )
 
     with_storage(conn, corpus_name, spoil)
     bad = {f"{corpus_name}ImageSets ('original', 'zz|v1')", f"{corpus_name}ImageSets ('original', 'no-version')"}

@@ -93,7 +93,8 @@ def small_blocks(monkeypatch: pytest.MonkeyPatch) -> int:
 
 
 def test_a_file_above_the_threshold_is_stored_in_blocks_with_its_md5_and_round_trips(
-        conn: str, corpus_name: str, tmp_path: Path, small_blocks: int) -> None:
+    conn: str, corpus_name: str, tmp_path: Path, small_blocks: int
+) -> None:
     root = tmp_path / "scans"
     big = big_png(root / "s" / "big.png", 5 * MiB + 12345, seed=1)
     mid = big_png(root / "s" / "mid.png", 3 * MiB // 2, seed=4)  # hashed in pieces, not kept, sent whole
@@ -104,8 +105,11 @@ def test_a_file_above_the_threshold_is_stored_in_blocks_with_its_md5_and_round_t
     # the big file took the block path, the others a single Put Blob each
     assert (stats.block_puts, stats.block_lists, stats.blob_puts) == (blocks, 1, 2)
     stored = blobs(conn, corpus_name)
-    assert stored["original/s/v1/big.png"] == {"size": big.stat().st_size, "md5": md5_file(big),
-                                               "content_type": "image/png"}
+    assert stored["original/s/v1/big.png"] == {
+        "size": big.stat().st_size,
+        "md5": md5_file(big),
+        "content_type": "image/png",
+    }
     assert stored["original/s/v1/mid.png"]["md5"] == md5_file(mid)
     assert stored["original/s/v1/small.png"]["md5"] == md5_file(small)
     committed, uncommitted = block_list(conn, corpus_name, "original/s/v1/big.png")
@@ -129,7 +133,8 @@ def test_a_file_above_the_threshold_is_stored_in_blocks_with_its_md5_and_round_t
 
 
 def test_an_interrupted_sets_big_file_already_stored_is_not_sent_again(
-        conn: str, corpus_name: str, tmp_path: Path, small_blocks: int) -> None:
+    conn: str, corpus_name: str, tmp_path: Path, small_blocks: int
+) -> None:
     """A rerun of an interrupted set compares the big blob's Content-MD5 (set by Put Block List) and skips it."""
     root = tmp_path / "scans"
     big_png(root / "s" / "a.png", 3 * MiB, seed=2)
@@ -157,7 +162,8 @@ def test_an_interrupted_sets_big_file_already_stored_is_not_sent_again(
 
 
 def test_a_block_whose_bytes_changed_since_hashing_fails_the_file_and_commits_nothing(
-        conn: str, corpus_name: str, tmp_path: Path, small_blocks: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    conn: str, corpus_name: str, tmp_path: Path, small_blocks: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Each block carries the MD5 from the hashing pass and the service checks it: a file changed between
     hashing and upload (simulated here by a wrong MD5 for its third block: the file cannot be made to change
     at that exact moment) fails by name and no blob is committed under its name."""
@@ -197,8 +203,13 @@ def _measured(cmd: list[str], env: dict[str, str], where: Path) -> tuple[int, fl
     """Run ``cmd`` under bench/launch.py (a launcher whose own memory is a few MB: see there why a child's
     peak RSS must not be measured from this process); returns (exit code, peak RSS in MB, stdout, stderr)."""
     result = where / "rusage.json"
-    proc = subprocess.run([sys.executable, "-S", "-I", str(ROOT / "bench" / "launch.py"), str(result), "--", *cmd],
-                          env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-S", "-I", str(ROOT / "bench" / "launch.py"), str(result), "--", *cmd],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     usage = json.loads(result.read_text())
     return usage["returncode"], usage["maxrss_kb"] / 1024, proc.stdout, proc.stderr
 

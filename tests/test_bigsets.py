@@ -33,15 +33,24 @@ BIG_COUNT = (1 << 31) + 7
 
 
 def big_set(path: str, status: str = COMPLETE) -> ImageSet:
-    return ImageSet(SetIdentity(path, "v1"), tags=["huge", path], status=status, image_count=BIG_COUNT,
-                    total_bytes=BIG_BYTES, content_digest="d" * 64)
+    return ImageSet(
+        SetIdentity(path, "v1"),
+        tags=["huge", path],
+        status=status,
+        image_count=BIG_COUNT,
+        total_bytes=BIG_BYTES,
+        content_digest="d" * 64,
+    )
 
 
 async def raw_types(storage: Storage, table: Any, pk: str, rk: str) -> dict[str, Any]:
     """The row as the SDK itself reads it (no conversion of ours): Edm.Int64 comes back as an EntityProperty."""
     entity = await table.get_entity(pk, rk)
-    return {k: (v.edm_type if isinstance(v, EntityProperty) else type(v).__name__)
-            for k, v in entity.items() if k in ("ImageCount", "TotalBytes", "Indexed")}
+    return {
+        k: (v.edm_type if isinstance(v, EntityProperty) else type(v).__name__)
+        for k, v in entity.items()
+        if k in ("ImageCount", "TotalBytes", "Indexed")
+    }
 
 
 def test_counts_and_sizes_beyond_int32_round_trip(conn: str, corpus_name: str) -> None:
@@ -63,10 +72,15 @@ def test_counts_and_sizes_beyond_int32_round_trip(conn: str, corpus_name: str) -
         assert (back.image_count, back.total_bytes, back.indexed) == (BIG_COUNT, BIG_BYTES, True)
         assert back.etag  # the metadata (ETag) survives the conversion of the values
         assert await raw_types(storage, storage.sets, ident.partition_key, ident.row_key) == {
-            "ImageCount": EdmType.INT64, "TotalBytes": EdmType.INT64, "Indexed": "bool"}
+            "ImageCount": EdmType.INT64,
+            "TotalBytes": EdmType.INT64,
+            "Indexed": "bool",
+        }
         tag_pk, tag_rk = tag_rows(done)[0]["PartitionKey"], tag_rows(done)[0]["RowKey"]
         assert await raw_types(storage, storage.tags, tag_pk, tag_rk) == {
-            "ImageCount": EdmType.INT64, "TotalBytes": EdmType.INT64}
+            "ImageCount": EdmType.INT64,
+            "TotalBytes": EdmType.INT64,
+        }
         rows.close()
 
     with_storage(conn, corpus_name, go)
@@ -84,15 +98,30 @@ def test_sdk_writes_store_int64_and_old_int32_rows_still_read(conn: str, corpus_
 
     async def go(storage: Storage) -> None:
         await storage.ensure(container=False)
-        new, old = big_set("through-sdk"), ImageSet(SetIdentity("old", "v1"), tags=["old"], status=COMPLETE,
-                                                    image_count=3, total_bytes=12345, content_digest="e" * 64)
+        new, old = (
+            big_set("through-sdk"),
+            ImageSet(
+                SetIdentity("old", "v1"),
+                tags=["old"],
+                status=COMPLETE,
+                image_count=3,
+                total_bytes=12345,
+                content_digest="e" * 64,
+            ),
+        )
         await storage.sets.create_entity(sdk_entity(new.to_entity()))  # the SDK itself, as with a bearer token
         await storage.sets.create_entity(old.to_entity())  # plain ints: the SDK writes Edm.Int32
         pk = new.identity.partition_key
         assert await raw_types(storage, storage.sets, pk, new.identity.row_key) == {
-            "ImageCount": EdmType.INT64, "TotalBytes": EdmType.INT64, "Indexed": "bool"}
+            "ImageCount": EdmType.INT64,
+            "TotalBytes": EdmType.INT64,
+            "Indexed": "bool",
+        }
         assert await raw_types(storage, storage.sets, pk, old.identity.row_key) == {
-            "ImageCount": "int", "TotalBytes": "int", "Indexed": "bool"}
+            "ImageCount": "int",
+            "TotalBytes": "int",
+            "Indexed": "bool",
+        }
         got = {s.path: (s.image_count, s.total_bytes) async for s in _sets(storage)}
         assert got == {"through-sdk": (BIG_COUNT, BIG_BYTES), "old": (3, 12345)}
 
@@ -118,8 +147,12 @@ def test_one_bad_write_in_a_group_commit_fails_only_itself(conn: str, corpus_nam
         try:
             # queued together: one transaction, which the two bad rows refuse as a whole
             return await asyncio.gather(
-                writer.create(row("a")), writer.create(row("b", Huge=1 << 64)),
-                writer.create(row("c", Note="x" * 70_000)), writer.create(row("d")), return_exceptions=True)
+                writer.create(row("a")),
+                writer.create(row("b", Huge=1 << 64)),
+                writer.create(row("c", Note="x" * 70_000)),
+                writer.create(row("d")),
+                return_exceptions=True,
+            )
         finally:
             writer.close()
 
@@ -156,8 +189,9 @@ def sparse_png(path: Path, size: int) -> None:
 
 
 @pytest.mark.bigdata
-def test_a_set_of_more_than_2_gib_uploads_completes_and_is_found(tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_set_of_more_than_2_gib_uploads_completes_and_is_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Slow-ish (tens of seconds, 2.2 GiB through a real Azurite): marked ``bigdata``. Its own Azurite
     lives in tmp_path, so the 2.2 GiB it stores are deleted with it, not left in the session's."""
     free = shutil.disk_usage(tmp_path).free
@@ -175,8 +209,9 @@ def test_a_set_of_more_than_2_gib_uploads_completes_and_is_found(tmp_path: Path,
             sparse_png(root / "pathology" / "slide1" / f"part{i}.png", PART)
         (root / "pathology" / "small").mkdir()
         sparse_png(root / "pathology" / "small" / "thumb.png", 4096)  # a small set in the same run
-        up = CliRunner().invoke(cli, ["upload", str(root), "--version", "v1", "--json",
-                                      "--max-parallel-uploads", "1"])  # one big file in memory at a time
+        up = CliRunner().invoke(
+            cli, ["upload", str(root), "--version", "v1", "--json", "--max-parallel-uploads", "1"]
+        )  # one big file in memory at a time
         assert up.exit_code == 0, up.output
         report = json.loads(up.stdout)
         assert report["sets"]["uploaded"] == 2 and report["bytes_uploaded"] == 3 * PART + 4096

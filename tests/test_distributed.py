@@ -22,8 +22,9 @@ try:
     import distributed
     from distributed.diagnostics.plugin import WorkerPlugin
 except ImportError:  # a failure, not a skip: `make test` installs the extra
-    pytest.fail("the distributed extra is missing: run `make test` (pip install -e '.[test,distributed]')",
-                pytrace=False)
+    pytest.fail(
+        "the distributed extra is missing: run `make test` (pip install -e '.[test,distributed]')", pytrace=False
+    )
 
 from corpus_manager import distributed as cluster_jobs
 from corpus_manager.cli import cli
@@ -44,10 +45,18 @@ def cluster(azurite: Azurite) -> Iterator[distributed.LocalCluster]:
     Worker saturation 1.0: a worker holds only the task it runs, so a dying worker takes no bystander task
     with it (with the default 1.1 a queued task would count the death too, and the kill test would be racy).
     """
-    with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}), distributed.LocalCluster(
-            n_workers=WORKERS, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0",
+    with (
+        dask.config.set({"distributed.scheduler.worker-saturation": 1.0}),
+        distributed.LocalCluster(
+            n_workers=WORKERS,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=":0",
             env={"AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string},
-            scheduler_kwargs={"allowed_failures": 1}) as c:
+            scheduler_kwargs={"allowed_failures": 1},
+        ) as c,
+    ):
         yield c
 
 
@@ -56,9 +65,6 @@ def dask_client(cluster: distributed.LocalCluster) -> Iterator[distributed.Clien
     """The test's own view of the cluster (task stream, worker environment, fault plugins)."""
     with distributed.Client(cluster, set_as_default=False) as c:
         yield c
-
-
-
 
 
 def upload(conn: str, corpus: str, root: Path) -> None:
@@ -86,17 +92,25 @@ class Recorder:
 def outputs(conn: str, corpus: str, name: str, version: str) -> dict[str, tuple[Any, ...]]:
     """Output blobs of NAME@VERSION by their name under the transform's prefix: (md5, size, content type)."""
     prefix = f"transform/{name}/{version}/"
-    return {n[len(prefix):]: (b["md5"], b["size"], b["content_type"])
-            for n, b in blobs(conn, corpus).items() if n.startswith(prefix)}
+    return {
+        n[len(prefix) :]: (b["md5"], b["size"], b["content_type"])
+        for n, b in blobs(conn, corpus).items()
+        if n.startswith(prefix)
+    }
 
 
 def output_rows(conn: str, corpus: str, version: str) -> dict[tuple[str, str], dict[str, Any]]:
     return {(r["Path"], r["Version"]): r for r in rows(conn, corpus) if r["TransformVersion"] == version}
 
 
-def test_cluster_output_is_byte_identical_to_the_local_pool(conn: str, corpus_name: str, tmp_path: Path,
-                                                              cluster: distributed.LocalCluster,
-                                                              dask_client: distributed.Client, pool: Executor) -> None:
+def test_cluster_output_is_byte_identical_to_the_local_pool(
+    conn: str,
+    corpus_name: str,
+    tmp_path: Path,
+    cluster: distributed.LocalCluster,
+    dask_client: distributed.Client,
+    pool: Executor,
+) -> None:
     root = tmp_path / "photos"
     for i in range(9):  # a set of several chunks
         unique_png(root / "big" / "set" / f"p{i}.png", i, size="40x30")
@@ -118,8 +132,11 @@ def test_cluster_output_is_byte_identical_to_the_local_pool(conn: str, corpus_na
     local = run(conn, corpus_name, lambda c: c.transform("thumbs", "local", ops=ops, pool=pool))
     progress = Recorder()
     with distributed.get_task_stream(client=dask_client) as stream:
-        remote = run(conn, corpus_name, lambda c: c.transform("thumbs", "dask", ops=ops, progress=progress,
-                                                             scheduler=cluster.scheduler_address))
+        remote = run(
+            conn,
+            corpus_name,
+            lambda c: c.transform("thumbs", "dask", ops=ops, progress=progress, scheduler=cluster.scheduler_address),
+        )
 
     assert {(f.item, f.reason) for f in remote.failures} == {(f.item, f.reason) for f in local.failures}
     assert {f.item for f in remote.failures} == {"original/broken/v1/bad.png", "original/bomb/v1/big.png"}
@@ -140,8 +157,11 @@ def test_cluster_output_is_byte_identical_to_the_local_pool(conn: str, corpus_na
             assert row[column] == local_rows[key][column], (key, column)
         assert row["Status"] == ("pending" if key[0] in ("broken", "bomb") else "complete")
     tag_rows = rows(conn, corpus_name, "tags")
-    assert ({(r["Tag"], r["Path"]) for r in tag_rows if r["TransformVersion"] == "dask"}
-            == {(r["Tag"], r["Path"]) for r in tag_rows if r["TransformVersion"] == "local"} != set())
+    assert (
+        {(r["Tag"], r["Path"]) for r in tag_rows if r["TransformVersion"] == "dask"}
+        == {(r["Tag"], r["Path"]) for r in tag_rows if r["TransformVersion"] == "local"}
+        != set()
+    )
     registered = {r["RowKey"]: r for r in rows(conn, corpus_name, "transforms")}
     assert registered["dask"]["ImageMagickVersion"] == registered["local"]["ImageMagickVersion"]
     # the images went through the cluster, one task per chunk of one set, spread over every worker thread
@@ -193,8 +213,8 @@ def set_tokens(directory: Path, n: int) -> None:
 
 
 def test_a_killed_worker_fails_only_its_set_and_the_rerun_finishes_it(
-        conn: str, corpus_name: str, tmp_path: Path, cluster: distributed.LocalCluster,
-        dask_client: distributed.Client) -> None:
+    conn: str, corpus_name: str, tmp_path: Path, cluster: distributed.LocalCluster, dask_client: distributed.Client
+) -> None:
     root = tmp_path / "photos"
     for i in range(8):  # two chunks: d0-d3, and d4-d6 with the marked blob
         unique_png(root / "doomed" / f"{KILL_MARK}-{i}.png" if i == 7 else root / "doomed" / f"d{i}.png", i)
@@ -205,8 +225,10 @@ def test_a_killed_worker_fails_only_its_set_and_the_rerun_finishes_it(
     set_tokens(tokens, 2)  # allowed_failures=1: the second death makes Dask give the task up
     dask_client.register_plugin(KillOnMarkedBlob(str(tokens)))
     try:
-        first = CliRunner().invoke(cli, ["transform", "thumbs", "--version", "1", "--op", "resize=8x8!",
-                                         "--scheduler", cluster.scheduler_address])
+        first = CliRunner().invoke(
+            cli,
+            ["transform", "thumbs", "--version", "1", "--op", "resize=8x8!", "--scheduler", cluster.scheduler_address],
+        )
         assert first.exit_code == 1, first.output
         assert not any(tokens.iterdir())  # two workers died on the chunk with the marked blob
         assert "set doomed@v1: 4 of 8 images not transformed: the Dask workers running it died (2 tries" in first.stderr
@@ -219,8 +241,20 @@ def test_a_killed_worker_fails_only_its_set_and_the_rerun_finishes_it(
         # the rerun: one more death, which Dask's rescheduling on the other worker absorbs
         dask_client.wait_for_workers(WORKERS, timeout=60)
         set_tokens(tokens, 1)
-        second = CliRunner().invoke(cli, ["transform", "thumbs", "--version", "1", "--op", "resize=8x8!",
-                                          "--scheduler", cluster.scheduler_address, "--json"])
+        second = CliRunner().invoke(
+            cli,
+            [
+                "transform",
+                "thumbs",
+                "--version",
+                "1",
+                "--op",
+                "resize=8x8!",
+                "--scheduler",
+                cluster.scheduler_address,
+                "--json",
+            ],
+        )
         assert second.exit_code == 0, second.output
         assert not any(tokens.iterdir())
         results = {r["path"]: r for r in json.loads(second.stdout)["set_results"]}
@@ -234,10 +268,18 @@ def test_a_killed_worker_fails_only_its_set_and_the_rerun_finishes_it(
     doomed = output_rows(conn, corpus_name, "1")[("doomed", "v1")]
     assert doomed["Status"] == "complete" and doomed["ImageCount"] == 8
     assert sorted(outputs(conn, corpus_name, "thumbs", "1")) == sorted(
-        [*(f"doomed/v1/d{i}.png" for i in range(7)), f"doomed/v1/{KILL_MARK}-7.png",
-         "fine/v1/f0.png", "fine/v1/f1.png", "fine/v1/f2.png"])
+        [
+            *(f"doomed/v1/d{i}.png" for i in range(7)),
+            f"doomed/v1/{KILL_MARK}-7.png",
+            "fine/v1/f0.png",
+            "fine/v1/f1.png",
+            "fine/v1/f2.png",
+        ]
+    )
     assert {(r["Tag"], r["Path"]) for r in rows(conn, corpus_name, "tags") if r["TransformName"]} == {
-        ("doomed", "doomed"), ("fine", "fine")}
+        ("doomed", "doomed"),
+        ("fine", "fine"),
+    }
 
 
 def _drop_credentials() -> None:
@@ -250,8 +292,13 @@ def _set_credentials(value: str) -> None:
 
 
 def test_workers_without_credentials_fail_every_set_with_a_clear_reason(
-        conn: str, corpus_name: str, tmp_path: Path, cluster: distributed.LocalCluster,
-        dask_client: distributed.Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    conn: str,
+    corpus_name: str,
+    tmp_path: Path,
+    cluster: distributed.LocalCluster,
+    dask_client: distributed.Client,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     root = tmp_path / "photos"
     write_image(root / "a" / "x.png")
     write_image(root / "b" / "y.png", color="blue")
@@ -267,9 +314,11 @@ def test_workers_without_credentials_fail_every_set_with_a_clear_reason(
     assert len(lines) == 2, lines
     for line, set_name in zip(lines, ("a@v1", "b@v1"), strict=True):
         assert line.startswith(f"failed: set {set_name}: 1 of 1 images not transformed: Dask worker tcp://127.0.0.1:")
-        assert line.endswith("has no storage credentials: set AZURE_STORAGE_CONNECTION_STRING (or CORPUS_ACCOUNT_URL "
-                             "for a managed identity) in the environment of every `dask worker`; credentials are "
-                             "never sent through the scheduler")
+        assert line.endswith(
+            "has no storage credentials: set AZURE_STORAGE_CONNECTION_STRING (or CORPUS_ACCOUNT_URL "
+            "for a managed identity) in the environment of every `dask worker`; credentials are "
+            "never sent through the scheduler"
+        )
     assert "0 transformed, 0 already done, 2 failed" in result.stdout
     assert KEY not in result.output
     assert outputs(conn, corpus_name, "thumbs", "1") == {}
@@ -280,8 +329,9 @@ def test_workers_without_credentials_fail_every_set_with_a_clear_reason(
     assert sorted(outputs(conn, corpus_name, "thumbs", "1")) == ["a/v1/x.png", "b/v1/y.png"]
 
 
-def test_usage_errors_write_nothing(conn: str, corpus_name: str, tmp_path: Path,
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_usage_errors_write_nothing(
+    conn: str, corpus_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     write_image(tmp_path / "photos" / "a" / "x.png")
     upload(conn, corpus_name, tmp_path / "photos")
     before = blobs(conn, corpus_name)
@@ -303,7 +353,9 @@ def test_usage_errors_write_nothing(conn: str, corpus_name: str, tmp_path: Path,
     monkeypatch.setitem(sys.modules, "distributed", None)  # as if the extra were not installed
     missing = CliRunner().invoke(cli, [*args, "--scheduler", "tcp://127.0.0.1:8786"])
     assert missing.exit_code == 2
-    assert missing.stderr.strip() == ("Error: --scheduler needs Dask's distributed scheduler, an optional extra that "
-                                      "is not installed (distributed): pip install 'corpus-manager[distributed]'")
+    assert missing.stderr.strip() == (
+        "Error: --scheduler needs Dask's distributed scheduler, an optional extra that "
+        "is not installed (distributed): pip install 'corpus-manager[distributed]'"
+    )
     assert blobs(conn, corpus_name) == before
     assert rows(conn, corpus_name, "transforms") == []

@@ -46,8 +46,9 @@ CALM_V1 = ["original/red/calm/robin/v1/e.png"]
 
 def test_layout_and_jsonl_manifest(known: KnownCorpus, tmp_path: Path) -> None:
     out, manifest = tmp_path / "out", tmp_path / "m.jsonl"
-    res = invoke(known.env, "--tag", "robin", "--originals", "--version", "v1", "--out", str(out),
-                 "--manifest", str(manifest))
+    res = invoke(
+        known.env, "--tag", "robin", "--originals", "--version", "v1", "--out", str(out), "--manifest", str(manifest)
+    )
     assert res.exit_code == 0, res.output
     assert files_under(out) == ROBIN_V1 + CALM_V1
     for name in ROBIN_V1 + CALM_V1:
@@ -55,10 +56,19 @@ def test_layout_and_jsonl_manifest(known: KnownCorpus, tmp_path: Path) -> None:
     lines = manifest.read_text().splitlines()
     tags = {"red/angry/robin": ["red", "angry", "robin"], "red/calm/robin": ["red", "calm", "robin"]}
     assert [json.loads(line) for line in lines] == [
-        {"local_path": str((out / name).resolve()), "blob_name": name, "set_path": name.split("/v1/")[0][9:],
-         "tags": tags[name.split("/v1/")[0][9:]], "version": "v1", "transform_name": "", "transform_version": "",
-         "bytes": len(known.local(name)), "md5": md5(known.local(name))}
-        for name in ROBIN_V1 + CALM_V1]
+        {
+            "local_path": str((out / name).resolve()),
+            "blob_name": name,
+            "set_path": name.split("/v1/")[0][9:],
+            "tags": tags[name.split("/v1/")[0][9:]],
+            "version": "v1",
+            "transform_name": "",
+            "transform_version": "",
+            "bytes": len(known.local(name)),
+            "md5": md5(known.local(name)),
+        }
+        for name in ROBIN_V1 + CALM_V1
+    ]
     assert res.stdout.splitlines()[1:2] == ["  files       3 downloaded, 0 already present, 0 failed, 0 refused"]
     assert res.stdout.splitlines()[3] == f"  manifest    {manifest.resolve()} (3 records)"
 
@@ -71,10 +81,31 @@ def test_csv_manifest_and_transform_layout(known: KnownCorpus, tmp_path: Path) -
     assert files_under(out) == names
     with open(manifest, newline="") as fh:
         rows = list(csv.reader(fh))
-    assert rows[0] == ["local_path", "blob_name", "set_path", "tags", "version", "transform_name",
-                       "transform_version", "bytes", "md5"]
-    assert rows[1:] == [[str((out / n).resolve()), n, "red/angry/robin", '["red", "angry", "robin"]', "v1",
-                         "charcoal", "1", str(len(known.local(n))), md5(known.local(n))] for n in names]
+    assert rows[0] == [
+        "local_path",
+        "blob_name",
+        "set_path",
+        "tags",
+        "version",
+        "transform_name",
+        "transform_version",
+        "bytes",
+        "md5",
+    ]
+    assert rows[1:] == [
+        [
+            str((out / n).resolve()),
+            n,
+            "red/angry/robin",
+            '["red", "angry", "robin"]',
+            "v1",
+            "charcoal",
+            "1",
+            str(len(known.local(n))),
+            md5(known.local(n)),
+        ]
+        for n in names
+    ]
     for n in names:
         assert (out / n).read_bytes() == known.local(n)
 
@@ -86,8 +117,7 @@ def test_everything_complete_and_nothing_pending(known: KnownCorpus, tmp_path: P
     assert files_under(out) == sorted(known.sizes)  # every complete set's blob, and no red/wip (pending)
     assert "original/red/wip/v1/w.png" not in files_under(out)
     report = json.loads(res.stdout)
-    assert report["sets"] == 7 and report["files"] == {"downloaded": 9, "already_present": 0, "failed": 0,
-                                                        "refused": 0}
+    assert report["sets"] == 7 and report["files"] == {"downloaded": 9, "already_present": 0, "failed": 0, "refused": 0}
 
 
 def test_rerun_downloads_nothing_and_a_tampered_file_again(known: KnownCorpus, tmp_path: Path) -> None:
@@ -150,8 +180,9 @@ def _put_raw(conn: str, corpus: str, name: str, data: bytes, md5_of: bytes | Non
     (set afterwards as a property, which the service does not check against the content) or none."""
 
     async def put(storage: Storage) -> None:
-        blob = await storage.container.upload_blob(name, data, overwrite=True,
-                                                   content_settings=ContentSettings(content_type="image/png"))
+        blob = await storage.container.upload_blob(
+            name, data, overwrite=True, content_settings=ContentSettings(content_type="image/png")
+        )
         md5_value = bytearray(hashlib.md5(md5_of).digest()) if md5_of is not None else None
         await blob.set_http_headers(ContentSettings(content_type="image/png", content_md5=md5_value))
 
@@ -165,8 +196,9 @@ def _small_corpus(conn: str, corpus: str, tmp_path: Path) -> Path:
     return tmp_path / "photos" / "red" / "angry" / "c.png"
 
 
-def test_hostile_blob_names_are_refused_and_nothing_is_written_outside(conn: str, corpus_name: str,
-                                                                       tmp_path: Path) -> None:
+def test_hostile_blob_names_are_refused_and_nothing_is_written_outside(
+    conn: str, corpus_name: str, tmp_path: Path
+) -> None:
     _small_corpus(conn, corpus_name, tmp_path)
     evil = image_bytes(color="black")
     _put_raw(conn, corpus_name, "original/red/angry/v1/C:evil.png", evil, evil)
@@ -178,7 +210,8 @@ def test_hostile_blob_names_are_refused_and_nothing_is_written_outside(conn: str
     assert res.exit_code == 1
     assert res.stderr.splitlines() == [
         "warning: set red/angry@v1 lists 2 blobs under original/red/angry/v1/ but its row says 1 images",
-        "refused: original/red/angry/v1/C:evil.png: a drive letter in the path segment 'C:evil.png'; not written"]
+        "refused: original/red/angry/v1/C:evil.png: a drive letter in the path segment 'C:evil.png'; not written",
+    ]
     assert "original/red/angry/v1/../../../../../../evil.png" in blobs(conn, corpus_name)  # the hazard is real
     assert files_under(out) == ["original/red/angry/v1/c.png"]
     assert not [p for p in tmp_path.parent.rglob("*evil*")]  # nowhere under (or beside) the test's directory
@@ -228,8 +261,9 @@ def test_content_md5_mismatch_is_an_error_and_nothing_is_kept(conn: str, corpus_
     failures = {f["item"]: f["reason"] for f in json.loads(res.stdout)["failures"]}
     assert failures == {
         "original/red/angry/v1/c.png": f"downloaded content has MD5 {md5(image_bytes(color='black'))} but the "
-                                       f"blob's Content-MD5 is {md5(local.read_bytes())}; not written",
-        "original/red/angry/v1/nomd5.png": "the blob has no Content-MD5 to check against; not downloaded"}
+        f"blob's Content-MD5 is {md5(local.read_bytes())}; not written",
+        "original/red/angry/v1/nomd5.png": "the blob has no Content-MD5 to check against; not downloaded",
+    }
     assert files_under(out) == []  # no target, no temporary file left behind
 
 
@@ -249,11 +283,14 @@ def test_csv_manifest_neutralises_formula_cells(conn: str, corpus_name: str, tmp
         assert not any(str(v).startswith(("=", "+", "-", "@")) for v in r.values())
 
 
-@pytest.mark.parametrize("args", [
-    ["--manifest", "m.txt"],
-    ["--max-parallel-downloads", "0"],
-    ["--transform", "x", "--originals"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--manifest", "m.txt"],
+        ["--max-parallel-downloads", "0"],
+        ["--transform", "x", "--originals"],
+    ],
+)
 def test_usage_errors_exit_2_and_write_nothing(conn: str, corpus_name: str, tmp_path: Path, args: list[str]) -> None:
     _small_corpus(conn, corpus_name, tmp_path)
     out = tmp_path / "out"
@@ -262,10 +299,22 @@ def test_usage_errors_exit_2_and_write_nothing(conn: str, corpus_name: str, tmp_
     assert not out.exists()
 
 
-@pytest.mark.parametrize("name", [
-    "../x.png", "a/../../x.png", "a/./x.png", "/etc/x.png", "a//x.png", "a\\..\\x.png", "C:x.png", "a/c:/x.png",
-    "a/x\x00.png", "", "a/..",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../x.png",
+        "a/../../x.png",
+        "a/./x.png",
+        "/etc/x.png",
+        "a//x.png",
+        "a\\..\\x.png",
+        "C:x.png",
+        "a/c:/x.png",
+        "a/x\x00.png",
+        "",
+        "a/..",
+    ],
+)
 def test_local_target_refuses_names_that_could_leave_out(tmp_path: Path, name: str) -> None:
     with pytest.raises(UnsafeBlobName):
         local_target(tmp_path.resolve(), name)

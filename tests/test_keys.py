@@ -22,8 +22,9 @@ nasty_text = st.text(
     alphabet=st.one_of(st.sampled_from(list("/\\#?%|~_ \t\n\x00\x7f\x85.aA")), st.characters()),
     max_size=40,
 )
-path_segment = st.text(alphabet=st.characters(blacklist_characters="/", blacklist_categories=("Cs",)),
-                       min_size=1, max_size=12).filter(lambda s: s not in (".", ".."))
+path_segment = st.text(
+    alphabet=st.characters(blacklist_characters="/", blacklist_categories=("Cs",)), min_size=1, max_size=12
+).filter(lambda s: s not in (".", ".."))
 paths = st.lists(path_segment, max_size=4).map("/".join)
 names = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,20}\Z")
 
@@ -46,8 +47,14 @@ def test_escaped_keys_hold_no_forbidden_character(text: str) -> None:
 # character, our separators, `_` (what the original tool turned `/` into) and what escapes are spelt with.
 AWKWARD = "/\\#?%|~_u2F5CaA"
 # Spellings one text can take in another: `a/b`, `a_b`, `a%2Fb`, `a%252Fb`, `a\b`, `a%5Cb`, ...
-SPELLINGS = {"/": ["_", "%2F", "%252F", "\\", "%5C"], "\\": ["/", "%5C", "%255C"], "%": ["%25", "%2525"],
-             "|": ["%7C", "~"], "~": ["%7E", "|"], "_": ["/", "%5F"]}
+SPELLINGS = {
+    "/": ["_", "%2F", "%252F", "\\", "%5C"],
+    "\\": ["/", "%5C", "%255C"],
+    "%": ["%25", "%2525"],
+    "|": ["%7C", "~"],
+    "~": ["%7E", "|"],
+    "_": ["/", "%5F"],
+}
 awkward_text = st.text(alphabet=st.sampled_from(AWKWARD), max_size=16)
 
 
@@ -99,10 +106,16 @@ key_versions = st.sampled_from(["v1", "1", "v1.1", "v1_1"])
 key_transforms = st.sampled_from([("", ""), ("t", "1"), ("t", "v1"), ("v1", "1")])
 
 
-@given(st.one_of(respelt(), st.tuples(awkward_text, awkward_text)), key_versions, key_versions,
-       key_transforms, key_transforms)
-def test_distinct_identities_never_share_a_key(paths: tuple[str, str], va: str, vb: str,
-                                               ta: tuple[str, str], tb: tuple[str, str]) -> None:
+@given(
+    st.one_of(respelt(), st.tuples(awkward_text, awkward_text)),
+    key_versions,
+    key_versions,
+    key_transforms,
+    key_transforms,
+)
+def test_distinct_identities_never_share_a_key(
+    paths: tuple[str, str], va: str, vb: str, ta: tuple[str, str], tb: tuple[str, str]
+) -> None:
     ia, ib = _identity(paths[0], va, ta), _identity(paths[1], vb, tb)
     assume(ia is not None and ib is not None)
     assert ia is not None and ib is not None
@@ -129,15 +142,17 @@ def test_invalid_versions_are_refused(bad: str) -> None:
 # ----- Azurite accepts every key we produce (it rejects / \ # ? and control characters) ---------
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(paths, names), min_size=1, max_size=8))
-def test_azurite_accepts_every_key_and_returns_it_intact(conn: str, corpus_name: str,
-                                                         identities: list[tuple[str, str]]) -> None:
+def test_azurite_accepts_every_key_and_returns_it_intact(
+    conn: str, corpus_name: str, identities: list[tuple[str, str]]
+) -> None:
     async def run() -> None:
         async with Storage(parse_connection_string(conn), corpus_name) as storage:
             await storage.ensure()
             for path, version in identities:
                 ident = SetIdentity(path, version)
-                await storage.upsert_entity(storage.sets, {"PartitionKey": ident.partition_key,
-                                                           "RowKey": ident.row_key, "Path": path})
+                await storage.upsert_entity(
+                    storage.sets, {"PartitionKey": ident.partition_key, "RowKey": ident.row_key, "Path": path}
+                )
                 back = await storage.get_entity(storage.sets, ident.partition_key, ident.row_key)
                 assert back is not None and back["Path"] == path
                 assert SetIdentity.from_keys(back["PartitionKey"], back["RowKey"]) == ident

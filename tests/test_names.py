@@ -32,8 +32,9 @@ FILE_TAIL = "; not uploaded"
 
 
 def control(code: int) -> str:
-    return (f"name contains the control character U+{code:04X}, which Azure Blob Storage refuses in blob names "
-            "(rename it)")
+    return (
+        f"name contains the control character U+{code:04X}, which Azure Blob Storage refuses in blob names (rename it)"
+    )
 
 
 def files_under(root: Path) -> dict[str, bytes]:
@@ -46,8 +47,9 @@ def upload_json(root: Path, *extra: str) -> tuple[int, dict]:  # type: ignore[ty
     return res.exit_code, json.loads(res.stdout)
 
 
-def test_backslash_names_are_refused_and_never_read_back_as_another_path(conn: str, corpus_name: str,
-                                                                         tmp_path: Path) -> None:
+def test_backslash_names_are_refused_and_never_read_back_as_another_path(
+    conn: str, corpus_name: str, tmp_path: Path
+) -> None:
     """Issue 12 point 2: `a\\b/x.png` was stored as `a/b/x.png`, so set `a/b` downloaded the other set's
     bytes; `back\\slash.png` came back as `back/slash.png` (a warning, exit 0)."""
     root = tmp_path / "root"
@@ -60,27 +62,38 @@ def test_backslash_names_are_refused_and_never_read_back_as_another_path(conn: s
     assert code == 1
     assert sorted((f["item"], f["kind"], f["reason"]) for f in report["failures"]) == [
         (str(root / "a\\b"), "refused", "directory " + BACKSLASH + DIR_TAIL),
-        (str(slash), "refused", BACKSLASH + FILE_TAIL)]
+        (str(slash), "refused", BACKSLASH + FILE_TAIL),
+    ]
     assert report["sets"] == {"total": 2, "uploaded": 2, "skipped": 0, "refused": 0, "failed": 0}
     stored = blobs(conn, corpus_name)
-    assert {n: b["md5"] for n, b in stored.items()} == {"original/a/b/v1/x.png": md5_of(mine),
-                                                        "original/c/v1/ok.png": md5_of(neighbour)}
+    assert {n: b["md5"] for n, b in stored.items()} == {
+        "original/a/b/v1/x.png": md5_of(mine),
+        "original/c/v1/ok.png": md5_of(neighbour),
+    }
 
     out = tmp_path / "out"
     res = CliRunner().invoke(cli, ["download", "--out", str(out)])
     assert res.exit_code == 0, res.output
-    assert files_under(out) == {"original/a/b/v1/x.png": mine.read_bytes(),
-                                "original/c/v1/ok.png": neighbour.read_bytes()}
+    assert files_under(out) == {
+        "original/a/b/v1/x.png": mine.read_bytes(),
+        "original/c/v1/ok.png": neighbour.read_bytes(),
+    }
 
 
 def test_control_characters_and_noncharacters_are_refused_and_neighbours_stay_readable(
-        conn: str, corpus_name: str, tmp_path: Path) -> None:
+    conn: str, corpus_name: str, tmp_path: Path
+) -> None:
     """Issue 12 point 3: `\\x01`, `ESC[31m` or U+FFFE in a file name uploaded with exit 0, then every
     listing of the set failed with HTTP 500, so download and verify of the whole set failed."""
     root = tmp_path / "root"
-    bad = {"a\x01b.png": control(0x01), "\x1b[31mred.png": control(0x1B), "tab\there.png": control(0x09),
-           "new\nline.png": control(0x0A), "c1\x85.png": control(0x85),
-           "x\ufffe.png": "name contains the Unicode noncharacter U+FFFE, which is not for interchange (rename it)"}
+    bad = {
+        "a\x01b.png": control(0x01),
+        "\x1b[31mred.png": control(0x1B),
+        "tab\there.png": control(0x09),
+        "new\nline.png": control(0x0A),
+        "c1\x85.png": control(0x85),
+        "x\ufffe.png": "name contains the Unicode noncharacter U+FFFE, which is not for interchange (rename it)",
+    }
     for i, name in enumerate(bad):
         unique_png(root / "odd" / name, i)
     ok = unique_png(root / "odd" / "ok.png", 99)
@@ -124,20 +137,68 @@ def expected_problem(name: bytes) -> bool:
         text = name.decode("utf-8")
     except UnicodeDecodeError:
         return True
-    return any(ch == "\\" or ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F or 0xFDD0 <= ord(ch) <= 0xFDEF
-               or ord(ch) & 0xFFFE == 0xFFFE for ch in text)
+    return any(
+        ch == "\\"
+        or ord(ch) < 0x20
+        or 0x7F <= ord(ch) <= 0x9F
+        or 0xFDD0 <= ord(ch) <= 0xFDEF
+        or ord(ch) & 0xFFFE == 0xFFFE
+        for ch in text
+    )
 
 
 # Pieces that make names interesting: separators Azure rewrites, controls, noncharacters, bytes that are
 # not UTF-8 (alone or cut mid-sequence); and, to be kept, percent-escapes, dots and spaces, XML and URL
 # specials, combining and astral characters, a name like the version.
-_BAD = [b"\\", b"\x01", b"\x1b[31m", b"\t", b"\n", b"\r", b"\x7f", "\u0085".encode(), "\ufffe".encode(),
-        "\uffff".encode(), "\ufdd0".encode(), b"\xff", b"\xc3", b"\xed\xa0\x80"]
-_GOOD = [b" ", b".", b"..", b"%2F", b"%00", b"%", b"#", b"?", b"&amp;", b"<x>", b"~", b"|", b"'\"", b":", b"*",
-         "é".encode(), "e\u0301".encode(), "\U0001F600".encode(), "\u2028".encode(), "\ufeff".encode(),
-         "\ue000".encode(), "\u00a0".encode(), b"v1", b"a", b"Z9"]
-_good = st.one_of(st.sampled_from(_GOOD), st.text(st.characters(codec="utf-8", exclude_categories=["Cc", "Cs", "Cn"]),
-                                                  min_size=1, max_size=6).map(str.encode))
+_BAD = [
+    b"\\",
+    b"\x01",
+    b"\x1b[31m",
+    b"\t",
+    b"\n",
+    b"\r",
+    b"\x7f",
+    "\u0085".encode(),
+    "\ufffe".encode(),
+    "\uffff".encode(),
+    "\ufdd0".encode(),
+    b"\xff",
+    b"\xc3",
+    b"\xed\xa0\x80",
+]
+_GOOD = [
+    b" ",
+    b".",
+    b"..",
+    b"%2F",
+    b"%00",
+    b"%",
+    b"#",
+    b"?",
+    b"&amp;",
+    b"<x>",
+    b"~",
+    b"|",
+    b"'\"",
+    b":",
+    b"*",
+    "é".encode(),
+    "e\u0301".encode(),
+    "\U0001f600".encode(),
+    "\u2028".encode(),
+    "\ufeff".encode(),
+    "\ue000".encode(),
+    "\u00a0".encode(),
+    b"v1",
+    b"a",
+    b"Z9",
+]
+_good = st.one_of(
+    st.sampled_from(_GOOD),
+    st.text(st.characters(codec="utf-8", exclude_categories=["Cc", "Cs", "Cn"]), min_size=1, max_size=6).map(
+        str.encode
+    ),
+)
 _any = st.one_of(_good, st.sampled_from(_BAD), st.binary(min_size=1, max_size=3))
 
 
@@ -147,6 +208,7 @@ def _clean(raw: bytes, limit: int) -> bytes:
 
 def _names(limit: int) -> st.SearchStrategy[bytes]:
     """Mostly names the rule keeps (so round-trips are tried), some with anything in them, some long."""
+
     def joined(piece: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes]:
         return st.lists(piece, min_size=1, max_size=6).map(lambda ps: _clean(b"".join(ps), limit))
 
@@ -178,12 +240,16 @@ def _printable(path: bytes) -> str:
     return "".join(out)
 
 
-@settings(max_examples=20, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                 HealthCheck.filter_too_much])
+@settings(
+    max_examples=20,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 @given(files=st.lists(_file, min_size=1, max_size=10))
-def test_every_name_round_trips_or_is_refused_with_its_reason(conn: str, tmp_path: Path,
-                                                              files: list[tuple[list[bytes], bytes]]) -> None:
+def test_every_name_round_trips_or_is_refused_with_its_reason(
+    conn: str, tmp_path: Path, files: list[tuple[list[bytes], bytes]]
+) -> None:
     """Generated trees (any bytes a POSIX name allows, 1-255 bytes each): after `upload` and `download`,
     each file is at OUT/original/<dirs>/v1/<name> with its own bytes, or the upload named it (or the
     directory above it that was refused) with a reason; exactly the names the rule refuses are refused,
@@ -231,7 +297,7 @@ def test_every_name_round_trips_or_is_refused_with_its_reason(conn: str, tmp_pat
                     event("a set path was too long")
                 continue
             if depth < len(dirs):
-                line = named(f"refused: {_printable(b'/'.join([root, *dirs[:depth + 1]]))}: directory name ")
+                line = named(f"refused: {_printable(b'/'.join([root, *dirs[: depth + 1]]))}: directory name ")
                 assert line.endswith(DIR_TAIL), line
                 event("a directory was refused")
             else:

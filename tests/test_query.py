@@ -38,8 +38,10 @@ def invoke(env: dict[str, str | None], *args: str) -> Result:
 def listed(known: KnownCorpus, *args: str) -> list[tuple[str, str, str | None]]:
     res = invoke(known.env, "query", "--json", *args)
     assert res.exit_code == 0, res.output
-    return [(r["path"], r["version"], r["transform"] and f"{r['transform']['name']}@{r['transform']['version']}")
-            for r in json.loads(res.stdout)]
+    return [
+        (r["path"], r["version"], r["transform"] and f"{r['transform']['name']}@{r['transform']['version']}")
+        for r in json.loads(res.stdout)
+    ]
 
 
 ROBIN1 = ("red/angry/robin", "v1", None)
@@ -72,15 +74,29 @@ def test_tags_match_case_insensitively(known: KnownCorpus) -> None:
 def test_json_objects_carry_the_spec_fields(known: KnownCorpus) -> None:
     res = invoke(known.env, "query", "--json", "--tag", "sky")
     assert res.exit_code == 0
-    assert json.loads(res.stdout) == [{
-        "path": "Blue/sky", "version": "v1", "tags": ["Blue", "sky"], "transform": None, "images": 1,
-        "bytes": set_bytes(known, "original/Blue/sky/v1/"), "blob_prefix": "original/Blue/sky/v1/"}]
+    assert json.loads(res.stdout) == [
+        {
+            "path": "Blue/sky",
+            "version": "v1",
+            "tags": ["Blue", "sky"],
+            "transform": None,
+            "images": 1,
+            "bytes": set_bytes(known, "original/Blue/sky/v1/"),
+            "blob_prefix": "original/Blue/sky/v1/",
+        }
+    ]
     res = invoke(known.env, "query", "--json", "--transform", "charcoal")
-    assert json.loads(res.stdout) == [{
-        "path": "red/angry/robin", "version": "v1", "tags": ["red", "angry", "robin"],
-        "transform": {"name": "charcoal", "version": "1"}, "images": 2,
-        "bytes": set_bytes(known, "transform/charcoal/1/red/angry/robin/v1/"),
-        "blob_prefix": "transform/charcoal/1/red/angry/robin/v1/"}]
+    assert json.loads(res.stdout) == [
+        {
+            "path": "red/angry/robin",
+            "version": "v1",
+            "tags": ["red", "angry", "robin"],
+            "transform": {"name": "charcoal", "version": "1"},
+            "images": 2,
+            "bytes": set_bytes(known, "transform/charcoal/1/red/angry/robin/v1/"),
+            "blob_prefix": "transform/charcoal/1/red/angry/robin/v1/",
+        }
+    ]
 
 
 def test_version_filter(known: KnownCorpus) -> None:
@@ -111,18 +127,33 @@ def test_default_format_off_a_terminal_is_json_and_table_is_exact(known: KnownCo
     assert json.loads(res.stdout)[0]["path"] == "Blue/sky"
     res = invoke(known.env, "query", "--tag", "robin", "--format", "table")
     assert res.exit_code == 0
-    b = {k: human_bytes(set_bytes(known, k)) for k in (
-        "original/red/angry/robin/v1/", "transform/charcoal/1/red/angry/robin/v1/", "original/red/angry/robin/v2/",
-        "original/red/calm/robin/v1/")}
-    rows = [("PATH", "VERSION", "TRANSFORM", "IMAGES", "BYTES", "TAGS"),
-            ("red/angry/robin", "v1", "-", "2", b["original/red/angry/robin/v1/"], "red, angry, robin"),
-            ("red/angry/robin", "v1", "charcoal@1", "2", b["transform/charcoal/1/red/angry/robin/v1/"],
-             "red, angry, robin"),
-            ("red/angry/robin", "v2", "-", "1", b["original/red/angry/robin/v2/"], "red, angry, robin"),
-            ("red/calm/robin", "v1", "-", "1", b["original/red/calm/robin/v1/"], "red, calm, robin")]
+    b = {
+        k: human_bytes(set_bytes(known, k))
+        for k in (
+            "original/red/angry/robin/v1/",
+            "transform/charcoal/1/red/angry/robin/v1/",
+            "original/red/angry/robin/v2/",
+            "original/red/calm/robin/v1/",
+        )
+    }
+    rows = [
+        ("PATH", "VERSION", "TRANSFORM", "IMAGES", "BYTES", "TAGS"),
+        ("red/angry/robin", "v1", "-", "2", b["original/red/angry/robin/v1/"], "red, angry, robin"),
+        (
+            "red/angry/robin",
+            "v1",
+            "charcoal@1",
+            "2",
+            b["transform/charcoal/1/red/angry/robin/v1/"],
+            "red, angry, robin",
+        ),
+        ("red/angry/robin", "v2", "-", "1", b["original/red/angry/robin/v2/"], "red, angry, robin"),
+        ("red/calm/robin", "v1", "-", "1", b["original/red/calm/robin/v1/"], "red, calm, robin"),
+    ]
     w = [max(len(r[i]) for r in rows) for i in range(5)]
     expected = "".join(
-        f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]:>{w[3]}}  {r[4]:>{w[4]}}  {r[5]}\n" for r in rows)
+        f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]:>{w[3]}}  {r[4]:>{w[4]}}  {r[5]}\n" for r in rows
+    )
     assert res.stdout == expected
     images = 6
     total = sum(set_bytes(known, k) for k in b)
@@ -133,8 +164,11 @@ def test_a_single_tag_reads_only_its_partition(known: KnownCorpus) -> None:
     async def go(storage: Storage) -> tuple[int, int, list[str]]:
         before_reads, before_queries = storage.stats.entity_reads, storage.stats.table_queries
         result = await query_sets(storage, QueryFilter(("Robin",)))
-        return (storage.stats.entity_reads - before_reads, storage.stats.table_queries - before_queries,
-                result.partitions_read)
+        return (
+            storage.stats.entity_reads - before_reads,
+            storage.stats.table_queries - before_queries,
+            result.partitions_read,
+        )
 
     reads, queries, partitions = with_storage(known.conn, known.name, go)
     assert partitions == ["robin"]
@@ -150,8 +184,9 @@ def _index_many(conn: str, name: str, n_big: int, rare: set[int]) -> None:
         writer = TagIndexWriter(storage, ThrottleWork(8))
         for i in range(n_big):
             tags = ["big", f"s{i:03d}"] + (["rare"] if i in rare else [])
-            image_set = ImageSet(SetIdentity(f"big/s{i:03d}", "v1"), tags=tags, status=COMPLETE, image_count=1,
-                                 total_bytes=10)
+            image_set = ImageSet(
+                SetIdentity(f"big/s{i:03d}", "v1"), tags=tags, status=COMPLETE, image_count=1, total_bytes=10
+            )
             image_set.etag = await storage.create_entity(storage.sets, image_set.to_entity())
             await writer.add(image_set)
         await writer.flush()
@@ -168,8 +203,9 @@ def big(azurite: Azurite) -> tuple[str, str]:
 
 
 @pytest.mark.parametrize(("page", "point_limit"), [(1000, 200), (5, 200), (5, 0), (1, 0)])
-def test_and_reads_the_smallest_partition_first(big: tuple[str, str], monkeypatch: pytest.MonkeyPatch,
-                                                page: int, point_limit: int) -> None:
+def test_and_reads_the_smallest_partition_first(
+    big: tuple[str, str], monkeypatch: pytest.MonkeyPatch, page: int, point_limit: int
+) -> None:
     conn, corpus_name = big
     monkeypatch.setattr(query_module, "PAGE_SIZE", page)
     monkeypatch.setattr(query_module, "POINT_READ_LIMIT", point_limit)
@@ -197,22 +233,35 @@ def test_corrupt_rows_are_named_and_skipped(conn: str, corpus_name: str, sample_
     run(conn, corpus_name, lambda c: c.upload(str(sample_tree), "v1"))
 
     async def spoil(storage: Storage) -> None:
-        await storage.upsert_entity(storage.tags, {"PartitionKey": "robin", "RowKey": "bogus", "Path": "x",
-                                                   "Version": "v1", "Tags": "not json"})
-        await storage.upsert_entity(storage.sets, {"PartitionKey": "original", "RowKey": "zz|v1", "Path": "zz",
-                                                   "Version": "v1", "Tags": "{", "Status": "complete"})
+        await storage.upsert_entity(
+            storage.tags, {"PartitionKey": "robin", "RowKey": "bogus", "Path": "x", "Version": "v1", "Tags": "not json"}
+        )
+        await storage.upsert_entity(
+            storage.sets,
+            {
+                "PartitionKey": "original",
+                "RowKey": "zz|v1",
+                "Path": "zz",
+                "Version": "v1",
+                "Tags": "{",
+                "Status": "complete",
+            },
+        )
 
     with_storage(conn, corpus_name, spoil)
     res = CliRunner().invoke(cli, ["query", "--json", "--tag", "robin"])
     assert res.exit_code == 1
     assert [r["path"] for r in json.loads(res.stdout)] == ["red/angry/robin"]
-    assert (f"corrupt: {corpus_name}TagIndex ('robin', 'bogus'): TagIndex row ('robin', 'bogus') is corrupt: "
-            "Tags 'not json' is not JSON\n") == res.stderr
+    assert (
+        f"corrupt: {corpus_name}TagIndex ('robin', 'bogus'): TagIndex row ('robin', 'bogus') is corrupt: "
+        "Tags 'not json' is not JSON\n"
+    ) == res.stderr
     res = CliRunner().invoke(cli, ["query", "--json"])
     assert res.exit_code == 1
     assert [r["path"] for r in json.loads(res.stdout)] == ["", "blue/sky", "red/angry", "red/angry/robin"]
-    assert res.stderr.startswith(f"corrupt: {corpus_name}ImageSets ('original', 'zz|v1'): ImageSets row "
-                                 "('original', 'zz|v1') is corrupt")
+    assert res.stderr.startswith(
+        f"corrupt: {corpus_name}ImageSets ('original', 'zz|v1'): ImageSets row ('original', 'zz|v1') is corrupt"
+    )
 
 
 def test_csv_output_neutralises_formula_cells(conn: str, corpus_name: str, tmp_path: Path) -> None:
@@ -231,14 +280,17 @@ def test_csv_output_neutralises_formula_cells(conn: str, corpus_name: str, tmp_p
     assert all(not cell.startswith(("=", "+", "-", "@")) for r in rows for cell in r)
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--transform", "charcoal", "--originals"], "exclude each other"),
-    (["--version", "no/slash"], "version 'no/slash' is not valid"),
-    (["--transform", "bad name"], "transform name 'bad name' is not valid"),
-    (["--transform", "ok@"], "transform version '' is not valid"),
-    (["--json", "--format", "csv"], "exclude each other"),
-    (["--tag", " "], "non-empty"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--transform", "charcoal", "--originals"], "exclude each other"),
+        (["--version", "no/slash"], "version 'no/slash' is not valid"),
+        (["--transform", "bad name"], "transform name 'bad name' is not valid"),
+        (["--transform", "ok@"], "transform version '' is not valid"),
+        (["--json", "--format", "csv"], "exclude each other"),
+        (["--tag", " "], "non-empty"),
+    ],
+)
 def test_usage_errors_exit_2(conn: str, corpus_name: str, args: list[str], message: str) -> None:
     res = CliRunner().invoke(cli, ["query", *args])
     assert res.exit_code == 2, res.output

@@ -30,8 +30,17 @@ def count_transactions(storage: Storage) -> dict[tuple[str, str], list[int]]:
 
 
 def test_sets_indexed_together_share_their_tag_transactions(conn: str, corpus_name: str) -> None:
-    sets = [ImageSet(SetIdentity(f"shared/d{i}", "v1", "thumbs", "1"), tags=["shared", f"d{i}"], status=COMPLETE,
-                     image_count=1, total_bytes=10, content_digest="d") for i in range(5)]
+    sets = [
+        ImageSet(
+            SetIdentity(f"shared/d{i}", "v1", "thumbs", "1"),
+            tags=["shared", f"d{i}"],
+            status=COMPLETE,
+            image_count=1,
+            total_bytes=10,
+            content_digest="d",
+        )
+        for i in range(5)
+    ]
 
     async def go(storage: Storage) -> dict[tuple[str, str], list[int]]:
         await storage.ensure(container=False)
@@ -40,8 +49,7 @@ def test_sets_indexed_together_share_their_tag_transactions(conn: str, corpus_na
         await asyncio.gather(*(set_rows.create(s.to_entity()) for s in sets))
         calls = count_transactions(storage)
         # as a transform's output sets finishing together do (transform.SetJob.run_set)
-        await asyncio.gather(*(index_set(storage, s, upserts, set_rows=set_rows, tag_writer=tag_writer)
-                               for s in sets))
+        await asyncio.gather(*(index_set(storage, s, upserts, set_rows=set_rows, tag_writer=tag_writer) for s in sets))
         return calls
 
     calls = with_storage(conn, corpus_name, go)

@@ -42,11 +42,21 @@ WRONG_KEY = "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktd3Jvbmcta2V5LXdyb25nLWtleQ=
 
 
 def _sas(read_only: bool) -> str:
-    permission = (AccountSasPermissions(read=True, list=True) if read_only else
-                  AccountSasPermissions(read=True, write=True, delete=True, list=True, add=True, create=True,
-                                        update=True, process=True))
-    return generate_account_sas(ACCOUNT, KEY, ResourceTypes(service=True, container=True, object=True), permission,
-                                datetime.now(UTC) + timedelta(hours=1), services="bt")
+    permission = (
+        AccountSasPermissions(read=True, list=True)
+        if read_only
+        else AccountSasPermissions(
+            read=True, write=True, delete=True, list=True, add=True, create=True, update=True, process=True
+        )
+    )
+    return generate_account_sas(
+        ACCOUNT,
+        KEY,
+        ResourceTypes(service=True, container=True, object=True),
+        permission,
+        datetime.now(UTC) + timedelta(hours=1),
+        services="bt",
+    )
 
 
 @dataclass
@@ -72,27 +82,37 @@ ALL_2 = dict.fromkeys(COMMANDS, 2)
 
 def _scenarios(azurite: Azurite) -> tuple[list[Scenario], list[str]]:
     """Every way a run can go, and every secret they involve."""
-    endpoints = (f"BlobEndpoint={azurite.blob_endpoint};"
-                 f"TableEndpoint=http://127.0.0.1:{azurite.table_port}/{ACCOUNT};")
+    endpoints = f"BlobEndpoint={azurite.blob_endpoint};TableEndpoint=http://127.0.0.1:{azurite.table_port}/{ACCOUNT};"
     full_sas, read_only_sas = _sas(False), _sas(True)
     forged_sas = full_sas.split("sig=")[0] + "sig=Zm9yZ2VkLXNpZ25hdHVyZS1mb3JnZWQtc2lnbmF0dXJlPQ%3D%3D"
     dead = free_port()
-    unreachable = (f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
-                   f"BlobEndpoint=http://127.0.0.1:{dead}/{ACCOUNT};TableEndpoint=http://127.0.0.1:{dead}/{ACCOUNT};")
+    unreachable = (
+        f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
+        f"BlobEndpoint=http://127.0.0.1:{dead}/{ACCOUNT};TableEndpoint=http://127.0.0.1:{dead}/{ACCOUNT};"
+    )
     corpus = "s" + uuid.uuid4().hex[:12]
     refused = "storage refused the credentials"
     scenarios = [
         Scenario("key", azurite.connection_string, corpus, ALL_OK, ""),
         Scenario("sas", endpoints + "SharedAccessSignature=" + full_sas, corpus, ALL_OK, ""),
         # the transform has nothing left to do (the "key" scenario did it) and so writes nothing: no 403
-        Scenario("read-only-sas-403", endpoints + "SharedAccessSignature=" + read_only_sas, corpus,
-                 {**ALL_OK, "upload": 2}, refused),
+        Scenario(
+            "read-only-sas-403",
+            endpoints + "SharedAccessSignature=" + read_only_sas,
+            corpus,
+            {**ALL_OK, "upload": 2},
+            refused,
+        ),
         Scenario("forged-sas-403", endpoints + "SharedAccessSignature=" + forged_sas, corpus, ALL_2, refused),
         Scenario("wrong-key", azurite.connection_string.replace(KEY, WRONG_KEY), corpus, ALL_2, refused),
         # reading (and transforming) never creates a corpus; upload does (so it runs before transform)
-        Scenario("missing-container", azurite.connection_string, "m" + uuid.uuid4().hex[:12],
-                 {"query": 2, "download": 2, "status": 2, "transforms": 2, "upload": 0, "transform": 0},
-                 "does not exist"),
+        Scenario(
+            "missing-container",
+            azurite.connection_string,
+            "m" + uuid.uuid4().hex[:12],
+            {"query": 2, "download": 2, "status": 2, "transforms": 2, "upload": 0, "transform": 0},
+            "does not exist",
+        ),
         Scenario("unreachable", unreachable, corpus, ALL_2, "cannot reach storage"),
     ]
     secrets = [KEY, WRONG_KEY]
@@ -121,9 +141,9 @@ def _tree(tmp: Path) -> None:
     write_image(tmp / "root" / "=cmd" / "x.png", color="blue")  # a name a spreadsheet would run
 
 
-def test_no_secret_in_any_output_or_debug_log_of_any_command(azurite: Azurite, tmp_path: Path,
-                                                             caplog: pytest.LogCaptureFixture,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_secret_in_any_output_or_debug_log_of_any_command(
+    azurite: Azurite, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Every command in every scenario through CliRunner, with every logger (the SDK's too) at DEBUG
     and CORPUS_DEBUG=1 (tracebacks printed): stdout, stderr and the log records hold no secret."""
     monkeypatch.setenv("CORPUS_DEBUG", "1")
@@ -140,8 +160,9 @@ def test_no_secret_in_any_output_or_debug_log_of_any_command(azurite: Azurite, t
     for sc in scenarios:
         for command in sc.codes:
             caplog.clear()
-            res = CliRunner().invoke(cli, [*_args(command, tmp_path), "--connection-string", sc.conn,
-                                           "--corpus", sc.corpus])
+            res = CliRunner().invoke(
+                cli, [*_args(command, tmp_path), "--connection-string", sc.conn, "--corpus", sc.corpus]
+            )
             where = f"{sc.name}/{command}"
             assert res.exit_code == sc.codes[command], f"{where}: {res.output}"
             if sc.codes[command] == 2:
@@ -185,8 +206,9 @@ def _split(text: str) -> list[tuple[str, int]]:
     return parts
 
 
-def test_no_secret_in_any_output_of_any_command_run_as_a_process(azurite: Azurite, tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_secret_in_any_output_of_any_command_run_as_a_process(
+    azurite: Azurite, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The same scenarios in real processes: everything a process writes to stdout and stderr,
     its DEBUG log included, is searched."""
     _tree(tmp_path)
@@ -195,8 +217,14 @@ def test_no_secret_in_any_output_of_any_command_run_as_a_process(azurite: Azurit
     env["CORPUS_DEBUG"] = "1"
     for sc in scenarios:
         commands = [[*_args(c, tmp_path), "--connection-string", sc.conn, "--corpus", sc.corpus] for c in sc.codes]
-        res = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(commands)], capture_output=True, text=True,
-                             env=env, timeout=300, cwd=tmp_path)
+        res = subprocess.run(
+            [sys.executable, "-c", DRIVER, json.dumps(commands)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+            cwd=tmp_path,
+        )
         assert res.returncode == 0, res.stderr[-3000:]
         outs, errs = _split(res.stdout), _split(res.stderr)
         assert len(outs) == len(errs) == len(sc.codes), res.stderr[-3000:]
@@ -247,8 +275,9 @@ HOSTILE = {
 }
 
 
-def test_transform_never_lets_a_blob_name_or_content_steer_imagemagick(conn: str, corpus_name: str, tmp_path: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_transform_never_lets_a_blob_name_or_content_steer_imagemagick(
+    conn: str, corpus_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Blobs whose names and bytes try `msl:`, `text:`, `@file` and `ephemeral:` go through `corpus
     transform`: each fails as not an image, nothing is read from or written to disk, and a real image
     under such a name is transformed as the image it is."""
@@ -260,19 +289,27 @@ def test_transform_never_lets_a_blob_name_or_content_steer_imagemagick(conn: str
             await c.storage.ensure()
             ident = SetIdentity("evil", "v1")
             for name, data in files.items():
-                await c.storage.put_blob(ident.blob_name(name), data, content_type=CONTENT_TYPES["png"],
-                                         md5=hashlib.md5(data).digest())
+                await c.storage.put_blob(
+                    ident.blob_name(name), data, content_type=CONTENT_TYPES["png"], md5=hashlib.md5(data).digest()
+                )
             pairs = [(n, hashlib.md5(d).hexdigest()) for n, d in files.items()]
-            image_set = ImageSet(ident, tags=["evil"], status="complete", image_count=len(files),
-                                 total_bytes=sum(map(len, files.values())), content_digest=content_digest(pairs))
+            image_set = ImageSet(
+                ident,
+                tags=["evil"],
+                status="complete",
+                image_count=len(files),
+                total_bytes=sum(map(len, files.values())),
+                content_digest=content_digest(pairs),
+            )
             await c.storage.upsert_entity(c.storage.sets, image_set.to_entity())
 
     asyncio.run(put_set())
     work = tmp_path / "cwd"
     work.mkdir()
     monkeypatch.chdir(work)  # where a relative "PWNED" would land; restored after this test, whatever happens
-    res = CliRunner().invoke(cli, ["transform", "safe", "--version", "1", "--op", "resize=8x8", "--op",
-                                   "format=png", "--workers", "1"])
+    res = CliRunner().invoke(
+        cli, ["transform", "safe", "--version", "1", "--op", "resize=8x8", "--op", "format=png", "--workers", "1"]
+    )
     assert res.exit_code == 1, res.output
     failed = {}
     for line in res.stderr.splitlines():

@@ -34,10 +34,26 @@ def test_numbers_of_a_known_corpus(known: KnownCorpus) -> None:
         "unindexed": [],
         "images": 9,
         "bytes": sum(known.sizes.values()),
-        "transforms": [{"name": "charcoal", "version": "1", "source": "originals", "registered": True,
-                        "command_line": "charcoal=2", "done": 1, "missing": 5, "pending": 0}],
-        "tags": [{"tag": "red", "sets": 5}, {"tag": "angry", "sets": 4}, {"tag": "robin", "sets": 4},
-                 {"tag": "Blue", "sets": 1}, {"tag": "calm", "sets": 1}, {"tag": "sky", "sets": 1}],
+        "transforms": [
+            {
+                "name": "charcoal",
+                "version": "1",
+                "source": "originals",
+                "registered": True,
+                "command_line": "charcoal=2",
+                "done": 1,
+                "missing": 5,
+                "pending": 0,
+            }
+        ],
+        "tags": [
+            {"tag": "red", "sets": 5},
+            {"tag": "angry", "sets": 4},
+            {"tag": "robin", "sets": 4},
+            {"tag": "Blue", "sets": 1},
+            {"tag": "calm", "sets": 1},
+            {"tag": "sky", "sets": 1},
+        ],
         "repaired": [],
         "problems": [],
     }
@@ -57,7 +73,8 @@ def test_human_output_of_a_known_corpus(known: KnownCorpus) -> None:
         "  tags        sets per tag (top 3 of 6; --json lists all):\n"
         "    red    5\n"
         "    angry  4\n"
-        "    robin  4\n")
+        "    robin  4\n"
+    )
     assert res.stderr == ""
 
 
@@ -74,30 +91,31 @@ def test_transform_progress_follows_lineage(conn: str, corpus_name: str, tmp_pat
 
     async def fill(storage: Storage) -> None:
         data = {"c.png": image_bytes(color="gray")}
-        charcoal = await add_set(storage, angry.derived("charcoal", "1"), ["red", "angry"], data,
-                                 source_set=angry.key)
+        charcoal = await add_set(storage, angry.derived("charcoal", "1"), ["red", "angry"], data, source_set=angry.key)
         # a chain: sharpen@1 made from charcoal@1's output
-        await add_set(storage, angry.derived("sharpen", "1"), ["red", "angry"], data,
-                      source_set=charcoal.identity.key)
+        await add_set(storage, angry.derived("sharpen", "1"), ["red", "angry"], data, source_set=charcoal.identity.key)
         # an output family nobody registered, still in progress
-        await add_set(storage, angry.derived("blur", "1"), ["red", "angry"], data, status=PENDING,
-                      source_set=angry.key)
-        for name, version, source in (("charcoal", "1", "original"), ("sharpen", "1", "charcoal@1"),
-                                      ("resize", "2", "original")):
+        await add_set(storage, angry.derived("blur", "1"), ["red", "angry"], data, status=PENDING, source_set=angry.key)
+        for name, version, source in (
+            ("charcoal", "1", "original"),
+            ("sharpen", "1", "charcoal@1"),
+            ("resize", "2", "original"),
+        ):
             t = ImageTransform(name, version, "[]", "0" * 64, f"{name}=x", source=source)
             await storage.create_entity(storage.transforms, t.to_entity())
         # a registered row from before transforms recorded their source: inferred from its outputs
         legacy = ImageTransform("legacy", "1", "[]", "0" * 64, "legacy=x").to_entity()
         del legacy["Source"]
         await storage.create_entity(storage.transforms, legacy)
-        await add_set(storage, angry.derived("legacy", "1"), ["red", "angry"], data,
-                      source_set=charcoal.identity.key)
+        await add_set(storage, angry.derived("legacy", "1"), ["red", "angry"], data, source_set=charcoal.identity.key)
 
     with_storage(conn, corpus_name, fill)
     res = CliRunner().invoke(cli, ["status", "--json"])
     assert res.exit_code == 0, res.output
-    got = {f"{t['name']}@{t['version']}": (t["source"], t["done"], t["missing"], t["pending"], t["registered"])
-           for t in json.loads(res.stdout)["transforms"]}
+    got = {
+        f"{t['name']}@{t['version']}": (t["source"], t["done"], t["missing"], t["pending"], t["registered"])
+        for t in json.loads(res.stdout)["transforms"]
+    }
     assert got == {
         "blur@1": ("originals", 0, 2, 1, False),
         "charcoal@1": ("originals", 1, 1, 0, True),
@@ -112,8 +130,9 @@ def test_repair_indexes_complete_sets_without_tag_rows(conn: str, corpus_name: s
 
     async def fill(storage: Storage) -> None:
         # a run killed between completing a set and indexing it
-        await add_set(storage, SetIdentity("old/one", "v0"), ["old", "one"], {"x.png": image_bytes(color="navy")},
-                      index=False)
+        await add_set(
+            storage, SetIdentity("old/one", "v0"), ["old", "one"], {"x.png": image_bytes(color="navy")}, index=False
+        )
         # a row from before the tag index existed: no Indexed property at all
         legacy = ImageSet(SetIdentity("old/two", "v0"), tags=["old", "two"], status=COMPLETE, image_count=0)
         entity = legacy.to_entity()
@@ -125,8 +144,10 @@ def test_repair_indexes_complete_sets_without_tag_rows(conn: str, corpus_name: s
     assert json.loads(CliRunner().invoke(cli, query_old).stdout) == []
     res = CliRunner().invoke(cli, ["status"])
     assert res.exit_code == 0
-    assert ("  unindexed   2 complete sets not found by tag (`corpus status --repair` indexes them):\n"
-            "    old/one@v0\n    old/two@v0\n") in res.stdout
+    assert (
+        "  unindexed   2 complete sets not found by tag (`corpus status --repair` indexes them):\n"
+        "    old/one@v0\n    old/two@v0\n"
+    ) in res.stdout
 
     res = CliRunner().invoke(cli, ["status", "--repair", "--json"])
     assert res.exit_code == 0, res.output
@@ -140,8 +161,11 @@ def test_repair_indexes_complete_sets_without_tag_rows(conn: str, corpus_name: s
 
 def test_status_without_repair_writes_nothing(conn: str, corpus_name: str, tmp_path: Path) -> None:
     _small(conn, corpus_name, tmp_path)
-    with_storage(conn, corpus_name, lambda s: add_set(s, SetIdentity("old", "v0"), ["old"],
-                                                     {"x.png": image_bytes(color="navy")}, index=False))
+    with_storage(
+        conn,
+        corpus_name,
+        lambda s: add_set(s, SetIdentity("old", "v0"), ["old"], {"x.png": image_bytes(color="navy")}, index=False),
+    )
     before = (rows(conn, corpus_name), rows(conn, corpus_name, "tags"))
     assert CliRunner().invoke(cli, ["status"]).exit_code == 0
     assert (rows(conn, corpus_name), rows(conn, corpus_name, "tags")) == before
@@ -151,8 +175,17 @@ def test_corrupt_rows_are_survived_and_named(conn: str, corpus_name: str, tmp_pa
     _small(conn, corpus_name, tmp_path)
 
     async def spoil(storage: Storage) -> None:
-        await storage.upsert_entity(storage.sets, {"PartitionKey": "original", "RowKey": "zz|v1", "Path": "zz",
-                                                   "Version": "v1", "Tags": "not json", "Status": "complete"})
+        await storage.upsert_entity(
+            storage.sets,
+            {
+                "PartitionKey": "original",
+                "RowKey": "zz|v1",
+                "Path": "zz",
+                "Version": "v1",
+                "Tags": "not json",
+                "Status": "complete",
+            },
+        )
         await storage.upsert_entity(storage.transforms, {"PartitionKey": "broken", "RowKey": "1"})
 
     with_storage(conn, corpus_name, spoil)
@@ -161,7 +194,9 @@ def test_corrupt_rows_are_survived_and_named(conn: str, corpus_name: str, tmp_pa
     report = json.loads(res.stdout)
     assert report["sets"]["complete"] == 2 and report["images"] == 2
     assert sorted(p["item"] for p in report["problems"]) == [
-        f"{corpus_name}ImageSets ('original', 'zz|v1')", f"{corpus_name}ImageTransforms ('broken', '1')"]
+        f"{corpus_name}ImageSets ('original', 'zz|v1')",
+        f"{corpus_name}ImageTransforms ('broken', '1')",
+    ]
     res = CliRunner().invoke(cli, ["status"])
     assert res.exit_code == 1
     assert f"corrupt: {corpus_name}ImageSets ('original', 'zz|v1'): " in res.stderr

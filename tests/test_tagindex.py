@@ -49,8 +49,9 @@ def count_tag_writes(storage: Storage, fail_partition: str | None = None) -> dic
 
 
 async def _complete_set(storage: Storage, path: str, tags: list[str]) -> ImageSet:
-    image_set = ImageSet(SetIdentity(path, "v1"), tags=tags, status=COMPLETE, image_count=1, total_bytes=5,
-                         content_digest="d")
+    image_set = ImageSet(
+        SetIdentity(path, "v1"), tags=tags, status=COMPLETE, image_count=1, total_bytes=5, content_digest="d"
+    )
     image_set.etag = await storage.create_entity(storage.sets, image_set.to_entity())
     return image_set
 
@@ -60,8 +61,9 @@ def test_rows_are_batched_across_sets_per_partition(conn: str, corpus_name: str)
         await storage.ensure()
         calls = count_tag_writes(storage)
         writer = TagIndexWriter(storage, ThrottleWork(16), max_rows=10_000, max_delay=float("inf"))
-        sets = await asyncio.gather(*(_complete_set(storage, f"common/d{i:03d}", ["common", f"d{i:03d}"])
-                                      for i in range(120)))
+        sets = await asyncio.gather(
+            *(_complete_set(storage, f"common/d{i:03d}", ["common", f"d{i:03d}"]) for i in range(120))
+        )
         for image_set in sets:
             await writer.add(image_set)
         await writer.flush()
@@ -88,7 +90,8 @@ def test_a_set_is_flagged_only_once_all_its_rows_are_stored(conn: str, corpus_na
 
     failures = with_storage(conn, corpus_name, go)
     assert [(f.item, f.reason.split(";")[0]) for f in failures] == [
-        ("bad@v1", "tag index write failed (injected failure)")]
+        ("bad@v1", "tag index write failed (injected failure)")
+    ]
     assert "corpus status --repair" in failures[0].reason
     indexed = {r["Path"]: r["Indexed"] for r in rows(conn, corpus_name)}
     assert indexed == {"good": True, "bad": False}
@@ -118,8 +121,9 @@ def test_tags_differing_only_in_case_make_one_row(conn: str, corpus_name: str) -
     assert pk == "red" and tags == ["Red", "red", "RED"]
 
 
-def test_upload_writes_shared_tags_in_batches(conn: str, corpus_name: str, tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_upload_writes_shared_tags_in_batches(
+    conn: str, corpus_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for i in range(105):
         write_image(tmp_path / "common" / f"d{i:03d}" / "x.png")
     # The upload's writer, with its time trigger off: a slow (loaded) run would otherwise flush the
@@ -146,8 +150,9 @@ def test_an_upload_rerun_indexes_a_complete_set_left_unindexed(conn: str, corpus
         # as if the run was killed after the set became complete and before its rows were written
         async for r in storage.query(storage.tags):
             await storage.delete_entity(storage.tags, r["PartitionKey"], r["RowKey"])
-        await storage.update_entity(storage.sets, {"PartitionKey": "original", "RowKey": "red%2Frobin|v1",
-                                                   "Indexed": False}, etag=None)
+        await storage.update_entity(
+            storage.sets, {"PartitionKey": "original", "RowKey": "red%2Frobin|v1", "Indexed": False}, etag=None
+        )
 
     with_storage(conn, corpus_name, unindex)
     assert run(conn, corpus_name, lambda c: c.query(["robin"])).sets == []

@@ -30,8 +30,15 @@ def upload(conn: str, corpus: str, root: Path, version: str = "v1"):  # type: ig
     return report
 
 
-def transform(conn: str, corpus: str, pool: Executor, name: str = "thumbs", version: str = "1",
-              ops: tuple[str, ...] = ("resize=8x8!",), **kw):  # type: ignore[no-untyped-def]
+def transform(
+    conn: str,
+    corpus: str,
+    pool: Executor,
+    name: str = "thumbs",
+    version: str = "1",
+    ops: tuple[str, ...] = ("resize=8x8!",),
+    **kw,
+):  # type: ignore[no-untyped-def]
     return run(conn, corpus, lambda c: c.transform(name, version, ops=list(ops), pool=pool, **kw))
 
 
@@ -66,7 +73,8 @@ def test_layout_lineage_rows_and_tags(conn: str, corpus_name: str, sample_tree: 
     assert robin["BlobPrefix"] == "transform/thumbs/1/red/angry/robin/v1/"
     stored = blobs(conn, corpus_name)
     assert robin["ContentDigest"] == content_digest(
-        [(n.rsplit("/", 1)[1], stored[n]["md5"]) for n in outputs if "/robin/" in n])
+        [(n.rsplit("/", 1)[1], stored[n]["md5"]) for n in outputs if "/robin/" in n]
+    )
     # the originals' rows are untouched (the C# tool overwrote them with transformed ones)
     originals = [r for r in rows(conn, corpus_name) if not r["TransformName"]]
     assert len(originals) == 4 and all(r["BlobPrefix"].startswith("original/") for r in originals)
@@ -78,15 +86,18 @@ def test_layout_lineage_rows_and_tags(conn: str, corpus_name: str, sample_tree: 
     assert registered["ImageMagickVersion"].startswith("ImageMagick 6.")
 
 
-def test_same_name_version_with_another_spec_is_refused(conn: str, corpus_name: str, sample_tree: Path,
-                                                        pool: Executor) -> None:
+def test_same_name_version_with_another_spec_is_refused(
+    conn: str, corpus_name: str, sample_tree: Path, pool: Executor
+) -> None:
     upload(conn, corpus_name, sample_tree)
     transform(conn, corpus_name, pool, ops=("resize=8x8",))
     before = blobs(conn, corpus_name)
     result = CliRunner().invoke(cli, ["transform", "thumbs", "--version", "1", "--op", "resize=9x9"])
     assert result.exit_code == 2
-    assert result.stderr.strip() == ("Error: transform thumbs@1 is already registered as `resize=8x8`; `resize=9x9` "
-                                     "is a different spec: transforms are immutable, use a new --version")
+    assert result.stderr.strip() == (
+        "Error: transform thumbs@1 is already registered as `resize=8x8`; `resize=9x9` "
+        "is a different spec: transforms are immutable, use a new --version"
+    )
     assert blobs(conn, corpus_name) == before
     # the same spec again is fine, and has nothing to do
     again = CliRunner().invoke(cli, ["transform", "thumbs", "--version", "1", "--op", "resize=8x8"])
@@ -120,19 +131,21 @@ def test_incremental_rerun_and_new_version(conn: str, corpus_name: str, tmp_path
     after = blobs(conn, corpus_name)
     assert {n: p for n, p in after.items() if n.startswith("transform/thumbs/1/")} == before  # untouched
     assert sorted(n for n in after if n.startswith("transform/thumbs/2/")) == [
-        "transform/thumbs/2/a/v1/1.png", "transform/thumbs/2/b/v1/2.png"]
+        "transform/thumbs/2/a/v1/1.png",
+        "transform/thumbs/2/b/v1/2.png",
+    ]
 
 
-def test_tag_and_source_version_select_sources(conn: str, corpus_name: str, sample_tree: Path,
-                                               pool: Executor) -> None:
+def test_tag_and_source_version_select_sources(conn: str, corpus_name: str, sample_tree: Path, pool: Executor) -> None:
     upload(conn, corpus_name, sample_tree)
     upload(conn, corpus_name, sample_tree, version="v2")
     report = transform(conn, corpus_name, pool, tags=("ROBIN",), source_version="v2")
     assert [(s.path, s.version) for s in report.sets] == [("red/angry/robin", "v2")]
 
 
-def test_format_png_renames_outputs_and_sets_content_types(conn: str, corpus_name: str, tmp_path: Path,
-                                                           pool: Executor) -> None:
+def test_format_png_renames_outputs_and_sets_content_types(
+    conn: str, corpus_name: str, tmp_path: Path, pool: Executor
+) -> None:
     write_image(tmp_path / "pics" / "a.jpg", "jpeg", color="red")
     write_image(tmp_path / "pics" / "b.gif", "gif", color="blue")
     upload(conn, corpus_name, tmp_path)
@@ -159,6 +172,7 @@ def test_two_inputs_for_one_output_fail_the_set(conn: str, corpus_name: str, tmp
 
 def _put_source_set(conn: str, corpus: str, path: str, files: dict[str, bytes]) -> None:
     """A complete original set written directly: content a cheap upload sniff lets through."""
+
     async def go(c: Corpus) -> None:
         await c.storage.ensure()
         ident = SetIdentity(path, "v1")
@@ -167,15 +181,22 @@ def _put_source_set(conn: str, corpus: str, path: str, files: dict[str, bytes]) 
             md5 = hashlib.md5(data).digest()
             await c.storage.put_blob(ident.blob_name(name), data, content_type="image/png", md5=md5)
             pairs.append((name, md5.hex()))
-        image_set = ImageSet(ident, tags=[path], status="complete", image_count=len(files),
-                             total_bytes=sum(map(len, files.values())), content_digest=content_digest(pairs))
+        image_set = ImageSet(
+            ident,
+            tags=[path],
+            status="complete",
+            image_count=len(files),
+            total_bytes=sum(map(len, files.values())),
+            content_digest=content_digest(pairs),
+        )
         await c.storage.upsert_entity(c.storage.sets, image_set.to_entity())
 
     run(conn, corpus, go)
 
 
-def test_corrupt_and_bomb_images_fail_only_their_sets(conn: str, corpus_name: str, tmp_path: Path,
-                                                      pool: Executor) -> None:
+def test_corrupt_and_bomb_images_fail_only_their_sets(
+    conn: str, corpus_name: str, tmp_path: Path, pool: Executor
+) -> None:
     good = image_bytes("png", "16x16", "red")
     # passes the upload sniff (PNG signature, IEND at the end) but its pixels are garbage
     corrupt = good[:16] + b"\x00" * 40 + good[-12:]
@@ -234,17 +255,20 @@ def test_interrupted_job_finishes_on_rerun(conn: str, corpus_name: str, tmp_path
     assert out_row["Status"] == "complete" and out_row["ImageCount"] == 12
 
 
-def test_from_chains_transforms_and_dry_run_writes_nothing(conn: str, corpus_name: str, tmp_path: Path,
-                                                           pool: Executor) -> None:
+def test_from_chains_transforms_and_dry_run_writes_nothing(
+    conn: str, corpus_name: str, tmp_path: Path, pool: Executor
+) -> None:
     write_image(tmp_path / "x" / "1.png", size="40x40")
     upload(conn, corpus_name, tmp_path)
     transform(conn, corpus_name, pool, name="small", ops=("resize=20x20",))
-    dry = CliRunner().invoke(cli, ["transform", "tiny", "--version", "1", "--op", "resize=10x10",
-                                   "--from", "small@1", "--dry-run"])
+    dry = CliRunner().invoke(
+        cli, ["transform", "tiny", "--version", "1", "--op", "resize=10x10", "--from", "small@1", "--dry-run"]
+    )
     assert dry.exit_code == 0, dry.output
     assert dry.stdout.splitlines() == [
         "Dry run: transform tiny@1 (`resize=10x10`) would process 1 sets (1 images) from small@1; 0 already done.",
-        "  x@v1: 1 images"]
+        "  x@v1: 1 images",
+    ]
     assert not [n for n in blobs(conn, corpus_name) if n.startswith("transform/tiny/")]
     chained = transform(conn, corpus_name, pool, name="tiny", ops=("resize=10x10",), source="small@1")
     assert chained.ok and chained.source == "small@1"
@@ -253,8 +277,10 @@ def test_from_chains_transforms_and_dry_run_writes_nothing(conn: str, corpus_nam
     (row,) = [r for r in rows(conn, corpus_name) if r["TransformName"] == "tiny"]
     assert row["SourceSet"] == SetIdentity("x", "v1", "small", "1").key
     listing = CliRunner().invoke(cli, ["transforms", "--json"])
-    assert [(t["name"], t["source"]) for t in json.loads(listing.stdout)] == [("small", "original"),
-                                                                               ("tiny", "small@1")]
+    assert [(t["name"], t["source"]) for t in json.loads(listing.stdout)] == [
+        ("small", "original"),
+        ("tiny", "small@1"),
+    ]
 
 
 def test_output_is_deterministic(conn: str, corpus_name: str, tmp_path: Path, pool: Executor) -> None:
@@ -270,6 +296,9 @@ def test_output_is_deterministic(conn: str, corpus_name: str, tmp_path: Path, po
 def test_help_lists_every_registered_operation_with_its_usage() -> None:
     result = CliRunner().invoke(cli, ["transform", "--help"])
     assert result.exit_code == 0
-    listed = {line.split()[0] for line in result.output.split("Operations (--op OP[=ARG], applied in order):")[1]
-              .splitlines() if line.strip()}
+    listed = {
+        line.split()[0]
+        for line in result.output.split("Operations (--op OP[=ARG], applied in order):")[1].splitlines()
+        if line.strip()
+    }
     assert listed == {op.usage for op in transforms.operations()}

@@ -61,15 +61,22 @@ def test_layout_rows_and_blob_properties(conn: str, corpus_name: str, sample_tre
     assert robin["BlobPrefix"] == "original/red/angry/robin/v1/"
     assert robin["TotalBytes"] == sum(p.stat().st_size for p in (sample_tree / "red/angry/robin").iterdir())
     assert robin["ContentDigest"] == content_digest(
-        [(p.name, md5_of(p)) for p in (sample_tree / "red/angry/robin").iterdir()])
+        [(p.name, md5_of(p)) for p in (sample_tree / "red/angry/robin").iterdir()]
+    )
     # nested sets never mix: red/angry holds only c.png
     assert sets["red/angry"]["ImageCount"] == 1
     assert sets[""]["Tags"] == "[]" and sets[""]["BlobPrefix"] == "original/v1/"
     assert robin["TransformName"] == "" and robin["SourceSet"] == ""
     tag_rows = rows(conn, corpus_name, "tags")
     assert {(r["Tag"], r["Path"]) for r in tag_rows} == {
-        ("red", "red/angry/robin"), ("angry", "red/angry/robin"), ("robin", "red/angry/robin"),
-        ("red", "red/angry"), ("angry", "red/angry"), ("blue", "blue/sky"), ("sky", "blue/sky")}
+        ("red", "red/angry/robin"),
+        ("angry", "red/angry/robin"),
+        ("robin", "red/angry/robin"),
+        ("red", "red/angry"),
+        ("angry", "red/angry"),
+        ("blue", "blue/sky"),
+        ("sky", "blue/sky"),
+    }
 
 
 @pytest.mark.parametrize("dirname", ["été 2024", "a#b", "what?", "100%", "a_b", "~home", "日本/東京", " x "])
@@ -191,8 +198,9 @@ def test_pending_set_drops_blobs_of_files_gone_locally(conn: str, corpus_name: s
             data = (tmp_path / "s" / "gone.png").read_bytes()
             import hashlib
 
-            await c.storage.put_blob(ident.blob_name("gone.png"), data, content_type=CONTENT_TYPES["png"],
-                                     md5=hashlib.md5(data).digest())
+            await c.storage.put_blob(
+                ident.blob_name("gone.png"), data, content_type=CONTENT_TYPES["png"], md5=hashlib.md5(data).digest()
+            )
 
     asyncio.run(leave_pending())
     (tmp_path / "s" / "gone.png").unlink()
@@ -233,14 +241,20 @@ def test_cli_summary_first_run_and_rerun(conn: str, corpus_name: str, sample_tre
     assert second.stdout.splitlines()[0] == "Nothing to upload: all 4 sets of version v1 are already stored."
     data = json.loads(runner.invoke(cli, ["upload", str(sample_tree), "--version", "v1", "--json"]).stdout)
     assert data["files"]["uploaded"] == 0 and data["sets"] == {
-        "total": 4, "uploaded": 0, "skipped": 4, "refused": 0, "failed": 0}
+        "total": 4,
+        "uploaded": 0,
+        "skipped": 4,
+        "refused": 0,
+        "failed": 0,
+    }
 
 
 def test_bad_version_is_a_usage_error_and_writes_nothing(conn: str, corpus_name: str, sample_tree: Path) -> None:
     result = CliRunner().invoke(cli, ["upload", str(sample_tree), "--version", "v/1"])
     assert result.exit_code == 2
-    assert result.stderr.strip() == ("Error: version 'v/1' is not valid: use 1-64 letters, digits, '.', '_' or '-', "
-                                     "starting with a letter or digit")
+    assert result.stderr.strip() == (
+        "Error: version 'v/1' is not valid: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+    )
     assert not container_exists(conn, corpus_name)
 
 
@@ -260,8 +274,9 @@ def test_container_is_never_public(conn: str, corpus_name: str, sample_tree: Pat
     assert asyncio.run(access()) is None
 
 
-def test_two_concurrent_uploads_of_one_root_make_one_consistent_set(conn: str, corpus_name: str,
-                                                                     tmp_path: Path) -> None:
+def test_two_concurrent_uploads_of_one_root_make_one_consistent_set(
+    conn: str, corpus_name: str, tmp_path: Path
+) -> None:
     for d in range(4):
         for i in range(15):
             unique_png(tmp_path / f"d{d}" / f"{i:02}.png", d * 100 + i)
@@ -288,10 +303,18 @@ def _account_sas_connection(azurite: Azurite, resource_types: str, permission: s
     """A connection string carrying an account SAS (blob and table) instead of the key."""
     from azure.storage.blob import generate_account_sas
 
-    sas = generate_account_sas(ACCOUNT, KEY, resource_types=resource_types, permission=permission,
-                               expiry=datetime.now(UTC) + timedelta(hours=1), services="bt")
-    return (f"BlobEndpoint={azurite.blob_endpoint};TableEndpoint=http://127.0.0.1:{azurite.table_port}/{ACCOUNT};"
-            f"SharedAccessSignature={sas}")
+    sas = generate_account_sas(
+        ACCOUNT,
+        KEY,
+        resource_types=resource_types,
+        permission=permission,
+        expiry=datetime.now(UTC) + timedelta(hours=1),
+        services="bt",
+    )
+    return (
+        f"BlobEndpoint={azurite.blob_endpoint};TableEndpoint=http://127.0.0.1:{azurite.table_port}/{ACCOUNT};"
+        f"SharedAccessSignature={sas}"
+    )
 
 
 def _signature(sas: str) -> str:
@@ -304,12 +327,14 @@ def test_put_blob_stores_type_and_md5_and_a_wrong_md5_is_an_error(conn: str, cor
     async def run() -> tuple[str, int]:
         async with Storage(parse_connection_string(conn), corpus_name) as storage:
             await storage.ensure()
-            await storage.put_blob("original/v1/good.png", data, content_type="image/png",
-                                   md5=hashlib.md5(data).digest())
+            await storage.put_blob(
+                "original/v1/good.png", data, content_type="image/png", md5=hashlib.md5(data).digest()
+            )
             # the service checks Content-MD5 against the bytes it got: what a corruption in transit looks like
             with pytest.raises(StorageError) as info:
-                await storage.put_blob("original/v1/bad.png", data, content_type="image/png",
-                                       md5=hashlib.md5(other).digest())
+                await storage.put_blob(
+                    "original/v1/bad.png", data, content_type="image/png", md5=hashlib.md5(other).digest()
+                )
             return str(info.value), storage.stats.retries
 
     message, retries = asyncio.run(run())
@@ -317,12 +342,16 @@ def test_put_blob_stores_type_and_md5_and_a_wrong_md5_is_an_error(conn: str, cor
     assert retries == 0  # a 400 is final: never retried
     stored = blobs(conn, corpus_name)
     assert list(stored) == ["original/v1/good.png"]  # the mismatched blob was not stored
-    assert stored["original/v1/good.png"] == {"size": len(data), "md5": hashlib.md5(data).hexdigest(),
-                                              "content_type": "image/png"}
+    assert stored["original/v1/good.png"] == {
+        "size": len(data),
+        "md5": hashlib.md5(data).hexdigest(),
+        "content_type": "image/png",
+    }
 
 
 def test_upload_of_a_file_whose_md5_does_not_match_fails_it_and_keeps_the_set_pending(
-        conn: str, corpus_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    conn: str, corpus_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for i in range(3):
         unique_png(tmp_path / "s" / f"{i}.png", i)
     real = upload_module._read_and_check
@@ -351,12 +380,12 @@ def test_a_put_into_a_deleted_container_fails_without_the_sas(conn: str, corpus_
     async def run() -> tuple[CorpusError, str]:
         async with Storage(parse_connection_string(conn), corpus_name) as storage:
             await storage.ensure()
-            await storage.put_blob("original/v1/a.png", data, content_type="image/png",
-                                   md5=hashlib.md5(data).digest())
+            await storage.put_blob("original/v1/a.png", data, content_type="image/png", md5=hashlib.md5(data).digest())
             await storage.container.delete_container()  # e.g. someone dropped the corpus mid-run
             with pytest.raises(CorpusError) as info:
-                await storage.put_blob("original/v1/b.png", data, content_type="image/png",
-                                       md5=hashlib.md5(data).digest())
+                await storage.put_blob(
+                    "original/v1/b.png", data, content_type="image/png", md5=hashlib.md5(data).digest()
+                )
             return info.value, storage._put_sas()
 
     error, sas = asyncio.run(run())
@@ -367,7 +396,8 @@ def test_a_put_into_a_deleted_container_fails_without_the_sas(conn: str, corpus_
 
 
 def test_a_refused_put_with_a_sas_connection_string_names_the_blob_not_the_signature(
-        azurite: Azurite, conn: str, corpus_name: str) -> None:
+    azurite: Azurite, conn: str, corpus_name: str
+) -> None:
     data = image_bytes("png")
     with_storage(conn, corpus_name, lambda s: s.ensure())
     # container operations allowed, blob writes not: the PUT itself is refused with 403
@@ -376,8 +406,9 @@ def test_a_refused_put_with_a_sas_connection_string_names_the_blob_not_the_signa
     async def run() -> CorpusError:
         async with Storage(parse_connection_string(limited), corpus_name) as storage:
             with pytest.raises(CorpusError) as info:
-                await storage.put_blob("original/v1/a.png", data, content_type="image/png",
-                                       md5=hashlib.md5(data).digest())
+                await storage.put_blob(
+                    "original/v1/a.png", data, content_type="image/png", md5=hashlib.md5(data).digest()
+                )
             return info.value
 
     error = asyncio.run(run())
@@ -388,8 +419,9 @@ def test_a_refused_put_with_a_sas_connection_string_names_the_blob_not_the_signa
     assert blobs(conn, corpus_name) == {}
 
 
-def test_upload_with_a_sas_connection_string(azurite: Azurite, corpus_name: str, sample_tree: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_upload_with_a_sas_connection_string(
+    azurite: Azurite, corpus_name: str, sample_tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sas_conn = _account_sas_connection(azurite, "sco", "rwdlacu")
     monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", sas_conn)
     result = CliRunner().invoke(cli, ["upload", str(sample_tree), "--version", "v1"])
@@ -400,15 +432,18 @@ def test_upload_with_a_sas_connection_string(azurite: Azurite, corpus_name: str,
     assert _signature(sas_conn.split("SharedAccessSignature=")[1]) not in result.output
 
 
-def test_start_up_and_a_no_op_rerun_import_neither_wand_rich_nor_the_blob_sdk(conn: str, corpus_name: str,
-                                                                            sample_tree: Path) -> None:
-    probe = ("import json, sys\n"
-             "from corpus_manager.cli import cli\n"
-             "try:\n"
-             "    cli.main(sys.argv[1:], standalone_mode=False)\n"
-             "finally:\n"
-             "    heavy = ('wand', 'rich', 'azure.storage.blob')\n"
-             "    print(json.dumps({m: m in sys.modules for m in heavy}), file=sys.stderr)\n")
+def test_start_up_and_a_no_op_rerun_import_neither_wand_rich_nor_the_blob_sdk(
+    conn: str, corpus_name: str, sample_tree: Path
+) -> None:
+    probe = (
+        "import json, sys\n"
+        "from corpus_manager.cli import cli\n"
+        "try:\n"
+        "    cli.main(sys.argv[1:], standalone_mode=False)\n"
+        "finally:\n"
+        "    heavy = ('wand', 'rich', 'azure.storage.blob')\n"
+        "    print(json.dumps({m: m in sys.modules for m in heavy}), file=sys.stderr)\n"
+    )
 
     def loaded(*args: str) -> dict[str, bool]:
         proc = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=60)
@@ -430,16 +465,20 @@ def test_the_minted_container_sas_is_the_sdks_and_can_only_create_and_write(conn
 
     expiry = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
     ours = container_sas(ACCOUNT, KEY, corpus_name, "cw", expiry.timestamp(), version=X_MS_VERSION)
-    sdk = generate_container_sas(ACCOUNT, corpus_name, account_key=KEY, expiry=expiry,
-                                 permission=ContainerSasPermissions(create=True, write=True))
+    sdk = generate_container_sas(
+        ACCOUNT,
+        corpus_name,
+        account_key=KEY,
+        expiry=expiry,
+        permission=ContainerSasPermissions(create=True, write=True),
+    )
     assert parse_qs(ours) == parse_qs(sdk)
     data = image_bytes("png")
 
     async def run() -> tuple[int, int]:
         async with Storage(parse_connection_string(conn), corpus_name) as storage:
             await storage.ensure(container=False)
-            await storage.put_blob("original/v1/a.png", data, content_type="image/png",
-                                   md5=hashlib.md5(data).digest())
+            await storage.put_blob("original/v1/a.png", data, content_type="image/png", md5=hashlib.md5(data).digest())
             url = f"{azurite_blob(conn)}/{corpus_name}/original/v1/a.png?{storage._put_sas()}"
             async with aiohttp.ClientSession() as session:
                 got = await session.get(url)
@@ -456,8 +495,9 @@ def azurite_blob(conn: str) -> str:
     return parse_connection_string(conn).blob_endpoint
 
 
-def test_set_rows_of_many_sets_share_requests(conn: str, corpus_name: str, tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_set_rows_of_many_sets_share_requests(
+    conn: str, corpus_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for d in range(12):
         unique_png(tmp_path / f"d{d:02}" / "x.png", d)
     sizes: list[int] = []
@@ -476,8 +516,9 @@ def test_set_rows_of_many_sets_share_requests(conn: str, corpus_name: str, tmp_p
     assert len(rows(conn, corpus_name, "tags")) == 12
 
 
-def test_a_refused_row_transaction_is_replayed_one_write_at_a_time(conn: str, corpus_name: str,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_refused_row_transaction_is_replayed_one_write_at_a_time(
+    conn: str, corpus_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from corpus_manager.models import ImageSet, SetIdentity
     from corpus_manager.throttle import ThrottleWork
     from corpus_manager.upload import _SetRows
@@ -503,8 +544,7 @@ def test_a_refused_row_transaction_is_replayed_one_write_at_a_time(conn: str, co
             await storage.create_entity(storage.sets, pending("b"))  # as another run would have
             writer = _SetRows(storage, ThrottleWork(2))
             # queued together: one transaction, refused as a whole for "b"
-            return await asyncio.gather(*(writer.create(pending(p)) for p in ("a", "b", "c")),
-                                        return_exceptions=True)
+            return await asyncio.gather(*(writer.create(pending(p)) for p in ("a", "b", "c")), return_exceptions=True)
 
     a, b, c = asyncio.run(run())
     assert isinstance(a, str) and isinstance(c, str)  # the others' ETags, stored by the replay

@@ -51,8 +51,12 @@ def create_pool(workers: int | None = None, limits: Limits | None = None) -> Wor
     an already-initialised ImageMagick (no policy file) and possibly OpenMP threads that do not survive
     fork.
     """
-    return WorkerPool(workers or os.cpu_count() or 1, mp_context=multiprocessing.get_context("spawn"),
-                      initializer=init_worker, initargs=(limits,))
+    return WorkerPool(
+        workers or os.cpu_count() or 1,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=init_worker,
+        initargs=(limits,),
+    )
 
 
 @lru_cache(maxsize=32)

@@ -56,8 +56,10 @@ def read_corpus(conn: str, corpus: str) -> dict[str, Any]:
         if table not in names:
             return []
         # counts and sizes are Edm.Int64, which the SDK reads back as EntityProperty(value, type)
-        return [{k: v.value if isinstance(v, EntityProperty) else v for k, v in e.items()}
-                for e in table_service.get_table_client(table).list_entities()]
+        return [
+            {k: v.value if isinstance(v, EntityProperty) else v for k, v in e.items()}
+            for e in table_service.get_table_client(table).list_entities()
+        ]
 
     return {"blobs": blobs, "sets": entities(f"{corpus}ImageSets"), "tags": entities(f"{corpus}TagIndex")}
 

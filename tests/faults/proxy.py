@@ -32,8 +32,10 @@ from dataclasses import dataclass, field
 
 FAULTS = ("500", "503", "reset", "lost", "stall")
 
-_BLOB_ERROR = (b'<?xml version="1.0" encoding="utf-8"?><Error><Code>%s</Code>'
-               b"<Message>injected by the fault proxy</Message></Error>")
+_BLOB_ERROR = (
+    b'<?xml version="1.0" encoding="utf-8"?><Error><Code>%s</Code>'
+    b"<Message>injected by the fault proxy</Message></Error>"
+)
 _TABLE_ERROR = b'{"odata.error":{"code":"%s","message":{"lang":"en-US","value":"injected by the fault proxy"}}}'
 
 
@@ -118,8 +120,9 @@ def _reset(writer: asyncio.StreamWriter) -> None:
 class FaultProxy:
     """One listening port forwarding to one upstream port (run one for blobs and one for tables)."""
 
-    def __init__(self, upstream_port: int, plan: FaultPlan, loop: asyncio.AbstractEventLoop,
-                 *, table: bool = False) -> None:
+    def __init__(
+        self, upstream_port: int, plan: FaultPlan, loop: asyncio.AbstractEventLoop, *, table: bool = False
+    ) -> None:
         self.upstream_port = upstream_port
         self.plan = plan
         self.loop = loop
@@ -191,9 +194,20 @@ class FaultProxy:
                     payload = (_TABLE_ERROR if self.table else _BLOB_ERROR) % code
                     ctype = b"application/json" if self.table else b"application/xml"
                     reason = b"Internal Server Error" if fault == "500" else b"Service Unavailable"
-                    writer.write(b"HTTP/1.1 " + fault.encode() + b" " + reason + b"\r\nContent-Type: " + ctype
-                                 + b"\r\nx-ms-error-code: " + code + b"\r\nContent-Length: "
-                                 + str(len(payload)).encode() + b"\r\n\r\n" + payload)
+                    writer.write(
+                        b"HTTP/1.1 "
+                        + fault.encode()
+                        + b" "
+                        + reason
+                        + b"\r\nContent-Type: "
+                        + ctype
+                        + b"\r\nx-ms-error-code: "
+                        + code
+                        + b"\r\nContent-Length: "
+                        + str(len(payload)).encode()
+                        + b"\r\n\r\n"
+                        + payload
+                    )
                     await writer.drain()
                     continue
                 if fault == "reset":
@@ -212,8 +226,7 @@ class FaultProxy:
                 status = int(resp_head.split(b" ", 2)[1])
                 resp_headers = _headers(resp_head)
                 no_body = method == b"HEAD" or status in (204, 304) or 100 <= status < 200
-                resp_body = b"" if no_body else await _read_body(
-                    up_reader, resp_headers, until_eof=True)
+                resp_body = b"" if no_body else await _read_body(up_reader, resp_headers, until_eof=True)
                 if fault == "lost":
                     _reset(writer)
                     return
@@ -290,9 +303,11 @@ class FaultyStorage:
 
     @property
     def connection_string(self) -> str:
-        return (f"DefaultEndpointsProtocol=http;AccountName={self.account};AccountKey={self.key};"
-                f"BlobEndpoint=http://127.0.0.1:{self.blob.port}/{self.account};"
-                f"TableEndpoint=http://127.0.0.1:{self.table.port}/{self.account};")
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={self.account};AccountKey={self.key};"
+            f"BlobEndpoint=http://127.0.0.1:{self.blob.port}/{self.account};"
+            f"TableEndpoint=http://127.0.0.1:{self.table.port}/{self.account};"
+        )
 
 
 @contextmanager

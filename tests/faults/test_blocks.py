@@ -22,7 +22,8 @@ SEED = int(os.environ.get("FAULT_SEED", "4"))
 
 
 def test_each_block_is_retried_and_the_big_file_is_stored_whole(
-        azurite: Azurite, corpus_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    azurite: Azurite, corpus_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(storage_module, "BLOCK_THRESHOLD", 1 * MiB)
     monkeypatch.setattr(storage_module, "BLOCK_SIZE", 256 * 1024)
     # one request at a time (see SEED)

@@ -24,14 +24,23 @@ from ..conftest import unique_png
 from ..helpers import blobs, md5_of, rows
 
 
-def test_two_upload_processes_at_once_make_one_consistent_corpus(conn: str, corpus_name: str,
-                                                                  tmp_path: Path) -> None:
+def test_two_upload_processes_at_once_make_one_consistent_corpus(conn: str, corpus_name: str, tmp_path: Path) -> None:
     root = tmp_path / "photos"
     for d in range(12):
         for i in range(8):
             unique_png(root / f"d{d:02}" / f"{i}.png", d * 100 + i)
-    cmd = [sys.executable, "-m", "corpus_manager.cli", "upload", str(root), "--version", "v1", "--json",
-           "--max-parallel-uploads", "4"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "corpus_manager.cli",
+        "upload",
+        str(root),
+        "--version",
+        "v1",
+        "--json",
+        "--max-parallel-uploads",
+        "4",
+    ]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
     reports = []

@@ -52,7 +52,8 @@ def _stored_corpus(conn: str, corpus: str, root: Path, files: int, sets: int = 1
 
 @pytest.mark.parametrize("fault", ["refused", "silent"])
 def test_a_dead_table_endpoint_fails_query_at_the_check_naming_the_table_endpoint(
-        fault: str, quiet: FaultyStorage, azurite: Azurite, corpus_name: str, tmp_path: Path) -> None:
+    fault: str, quiet: FaultyStorage, azurite: Azurite, corpus_name: str, tmp_path: Path
+) -> None:
     _stored_corpus(azurite.connection_string, corpus_name, tmp_path / "photos", files=2)
     if fault == "refused":
         quiet._call(quiet.table.refuse())
@@ -63,8 +64,9 @@ def test_a_dead_table_endpoint_fails_query_at_the_check_naming_the_table_endpoin
     table, blob = _endpoint(quiet.table.port), _endpoint(quiet.blob.port)
     hint = "; start the local emulator with `make azurite-start` (or `npx azurite --location .azurite`)\n"
     if fault == "refused":
-        assert res.stderr == (f"Error: cannot reach storage at {table} for table {corpus_name}ImageSets "
-                              f"(connection refused){hint}")
+        assert res.stderr == (
+            f"Error: cannot reach storage at {table} for table {corpus_name}ImageSets (connection refused){hint}"
+        )
     else:  # the check's own limit or the request's, whichever comes first: both name the table endpoint
         assert res.stderr.startswith(f"Error: cannot reach storage at {table} "), res.stderr
         assert "no answer within" in res.stderr and res.stderr.endswith(hint) and res.stderr.count("\n") == 1
@@ -72,12 +74,14 @@ def test_a_dead_table_endpoint_fails_query_at_the_check_naming_the_table_endpoin
 
 
 def test_a_blob_endpoint_going_silent_mid_download_ends_the_run_without_retrying_into_it(
-        quiet: FaultyStorage, azurite: Azurite, corpus_name: str, tmp_path: Path) -> None:
+    quiet: FaultyStorage, azurite: Azurite, corpus_name: str, tmp_path: Path
+) -> None:
     _stored_corpus(azurite.connection_string, corpus_name, tmp_path / "photos", files=6)
     # blob requests: the container check, the listing, then one GET per file: 3 files come down
     quiet.blob.freeze_after = 2 + 3
-    res = CliRunner().invoke(cli, ["download", "--out", str(tmp_path / "out"), "--max-parallel-downloads", "1",
-                                   "--json"])
+    res = CliRunner().invoke(
+        cli, ["download", "--out", str(tmp_path / "out"), "--max-parallel-downloads", "1", "--json"]
+    )
     assert res.exit_code == 1, res.output
     report = json.loads(res.stdout)
     assert report["files"] == {"downloaded": 3, "already_present": 0, "failed": 3, "refused": 0}
@@ -85,20 +89,26 @@ def test_a_blob_endpoint_going_silent_mid_download_ends_the_run_without_retrying
     reasons = {f["item"]: f["reason"] for f in report["failures"]}
     assert sorted(reasons) == [f"original/set0/v1/{i:03}.png" for i in (3, 4, 5)]
     assert reasons["original/set0/v1/003.png"].startswith(
-        f"cannot reach storage at {blob} for download of original/set0/v1/003.png (no answer within 0.5 s)")
+        f"cannot reach storage at {blob} for download of original/set0/v1/003.png (no answer within 0.5 s)"
+    )
     for name in ("004", "005"):
         assert reasons[f"original/set0/v1/{name}.png"].startswith(
             f"download of original/set0/v1/{name}.png: not tried, storage stopped answering earlier in this run "
-            f"(cannot reach storage at {blob} ")
+            f"(cannot reach storage at {blob} "
+        )
     # Silent for STALL_LIMIT: the timed-out request is not sent again and again (it got RETRY_TOTAL = 5
     # retries each, three minutes at the real timeouts), and the files after it are not tried at all.
     assert quiet.blob.frozen <= 2, quiet.blob.frozen
     assert sorted(p.name for p in (tmp_path / "out" / "original" / "set0" / "v1").iterdir()) == [
-        "000.png", "001.png", "002.png"]
+        "000.png",
+        "001.png",
+        "002.png",
+    ]
 
 
 def test_a_table_endpoint_going_silent_mid_upload_is_the_endpoint_named(
-        quiet: FaultyStorage, azurite: Azurite, corpus_name: str, tmp_path: Path) -> None:
+    quiet: FaultyStorage, azurite: Azurite, corpus_name: str, tmp_path: Path
+) -> None:
     root = tmp_path / "photos"
     for i in range(4):
         unique_png(root / f"set{i}" / "a.png", i)
@@ -113,7 +123,8 @@ def test_a_table_endpoint_going_silent_mid_upload_is_the_endpoint_named(
 
 
 def test_the_pool_follows_the_parallelism_asked_for_after_the_corpus_is_open(
-        quiet: FaultyStorage, azurite: Azurite, corpus_name: str, tmp_path: Path) -> None:
+    quiet: FaultyStorage, azurite: Azurite, corpus_name: str, tmp_path: Path
+) -> None:
     _stored_corpus(azurite.connection_string, corpus_name, tmp_path / "photos", files=24, sets=3)
     quiet.blob.hold, quiet.blob.hold_seconds = 24, 5.0  # each download waits until 24 wait at once
 
@@ -125,4 +136,3 @@ def test_the_pool_follows_the_parallelism_asked_for_after_the_corpus_is_open(
     # the pool of 1 (+8 spare) was sized at open; the download asks for 24 in flight, and gets them
     assert asyncio.run(go()) == (24, 24)
     assert quiet.blob.peak_held == 24
-

@@ -30,8 +30,17 @@ def test_sigint_during_upload_stops_reports_and_rerun_finishes(conn: str, corpus
     for d in range(8):
         for i in range(60):
             unique_png(tmp_path / f"dir{d}" / f"{i:03}.png", d * 1000 + i)
-    cmd = [sys.executable, "-m", "corpus_manager.cli", "upload", str(tmp_path), "--version", "v1",
-           "--max-parallel-uploads", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "corpus_manager.cli",
+        "upload",
+        str(tmp_path),
+        "--version",
+        "v1",
+        "--max-parallel-uploads",
+        "2",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for_blobs(conn, corpus_name, 10, proc)
     proc.send_signal(signal.SIGINT)

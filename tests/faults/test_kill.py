@@ -64,8 +64,9 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "corpus_manager.cli", *args]
 
 
-def _kill_during(cmd: list[str], env: dict[str, str], proxy: FaultyStorage, az: Azurite, targets: list[int],
-                 what: str) -> list[str]:
+def _kill_during(
+    cmd: list[str], env: dict[str, str], proxy: FaultyStorage, az: Azurite, targets: list[int], what: str
+) -> list[str]:
     """Run ``cmd`` (again whenever it exits) and SIGKILL + restart Azurite as the proxy's request count
     passes each target; then rerun until it exits 0. Returns the log of what happened."""
     log: list[str] = []
@@ -124,8 +125,9 @@ def _wait_saved(location: Path, since_ns: int) -> None:
 def _verify_and_finish(cmd: list[str], env: dict[str, str], direct: dict[str, str]) -> str:
     """`corpus status --verify --repair` (straight to Azurite), then the command again; returns what verify
     said. (--repair indexes complete sets whose run was killed between their tag rows and their flag.)"""
-    verify = subprocess.run(_cli("status", "--verify", "--repair"), env=direct, capture_output=True, text=True,
-                            timeout=120)
+    verify = subprocess.run(
+        _cli("status", "--verify", "--repair"), env=direct, capture_output=True, text=True, timeout=120
+    )
     assert verify.returncode in (0, 1), verify.stderr  # 1: some sets did not match and are pending again
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
@@ -155,8 +157,7 @@ def test_sigkill_azurite_during_upload(own_azurite: Azurite, counting_proxy: Fau
     assert len(state["blobs"]) == 300 and [r["Status"] for r in state["sets"]] == ["complete"] * 10
 
 
-def test_sigkill_azurite_during_transform(own_azurite: Azurite, counting_proxy: FaultyStorage,
-                                          tmp_path: Path) -> None:
+def test_sigkill_azurite_during_transform(own_azurite: Azurite, counting_proxy: FaultyStorage, tmp_path: Path) -> None:
     rng = random.Random(SEED + 1)
     print(f"FAULT_SEED={SEED}")
     root = tmp_path / "photos"
@@ -165,8 +166,9 @@ def test_sigkill_azurite_during_transform(own_azurite: Azurite, counting_proxy: 
             unique_png(root / f"t{d % 3}" / f"set{d}" / f"{i:03}.png", d * 1000 + i)
     corpus = "killt" + format(SEED, "x")
     direct = _env(own_azurite.connection_string, corpus)
-    up = subprocess.run(_cli("upload", str(root), "--version", "v1"), env=direct, capture_output=True, text=True,
-                        timeout=120)
+    up = subprocess.run(
+        _cli("upload", str(root), "--version", "v1"), env=direct, capture_output=True, text=True, timeout=120
+    )
     assert up.returncode == 0, up.stderr
     _wait_saved(own_azurite.location, time.time_ns())  # the kills are for the transform, not the upload
     env = _env(counting_proxy.connection_string, corpus)
@@ -181,13 +183,18 @@ def test_sigkill_azurite_during_transform(own_azurite: Azurite, counting_proxy: 
     verified = _verify_and_finish(cmd, env, direct)
     if any(r["Status"] != "complete" for r in read_corpus(own_azurite.connection_string, corpus)["sets"]):
         # verify demoted an original set whose blobs were lost: its upload finishes it, then the transform
-        assert subprocess.run(_cli("upload", str(root), "--version", "v1"), env=direct,
-                              capture_output=True, timeout=120).returncode == 0
+        assert (
+            subprocess.run(
+                _cli("upload", str(root), "--version", "v1"), env=direct, capture_output=True, timeout=120
+            ).returncode
+            == 0
+        )
         assert subprocess.run(cmd, env=env, capture_output=True, timeout=120).returncode == 0
     state = read_corpus(own_azurite.connection_string, corpus)
     print(f"status --verify: {verified}; then {summary(state)}")
     assert violations(state, expected, transform_prefix="transform/small/1/") == [], (
-        f"FAULT_SEED={SEED} {log} {summary(state)}")
+        f"FAULT_SEED={SEED} {log} {summary(state)}"
+    )
     outputs = [r for r in state["sets"] if r["PartitionKey"] != "original"]
     assert len(outputs) == 10 and all(r["Status"] == "complete" and r["ImageCount"] == 20 for r in outputs)
     assert sum(1 for b in state["blobs"] if b.startswith("transform/small/1/")) == 200

@@ -62,8 +62,8 @@ def _invoke(args: list[str]) -> tuple[int, str, str]:
 
 
 def test_flaky_storage_upload_transform_download_complete_with_correct_data_and_report_retries(
-        proxy: FaultyStorage, azurite: Azurite, corpus_name: str, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    proxy: FaultyStorage, azurite: Azurite, corpus_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A stalled request must be abandoned and retried, not waited on: the tool's read timeout is
     # shortened here (it is READ_TIMEOUT s in real runs) and the proxy stalls for longer than that. Not
     # shorter than 3 s: on a loaded machine a real answer can take a second, and its retry would be
@@ -99,9 +99,14 @@ def test_flaky_storage_upload_transform_download_complete_with_correct_data_and_
     code, out, err = _invoke(["download", "--transform", "thumbs", "--out", str(tmp_path / "dl2")])
     assert code == 0, err
     assert f"retried {sum(proxy.faults.values()) - faults} requests" in out, (
-        out, proxy.blob.log[logs[0]:], proxy.table.log[logs[1]:])
-    print(f"faults injected: {dict(proxy.faults)} in {proxy.requests} requests; retried: upload {up['retries']}, "
-          f"transform {tr_faults}, download {dl['retries']} + {sum(proxy.faults.values()) - faults}")
+        out,
+        proxy.blob.log[logs[0] :],
+        proxy.table.log[logs[1] :],
+    )
+    print(
+        f"faults injected: {dict(proxy.faults)} in {proxy.requests} requests; retried: upload {up['retries']}, "
+        f"transform {tr_faults}, download {dl['retries']} + {sum(proxy.faults.values()) - faults}"
+    )
     # every kind of fault was met at least once over the three commands, and survived
     assert set(proxy.faults) == {"500", "503", "reset", "lost", "stall"}, proxy.faults
 
@@ -126,7 +131,8 @@ def _env(conn: str, corpus: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("how", ["closed port", "proxy refusing", "proxy resetting"])
 def test_storage_down_for_the_whole_run_fails_cleanly_within_the_bound(
-        how: str, azurite: Azurite, corpus_name: str, tmp_path: Path) -> None:
+    how: str, azurite: Azurite, corpus_name: str, tmp_path: Path
+) -> None:
     root = _tree(tmp_path / "photos", sets=2, per_set=3)
     plan = FaultPlan(SEED, rate=1.0 if how == "proxy resetting" else 0.0, kinds=("reset",))
     with faulty_storage(azurite.blob_port, azurite.table_port, plan, ACCOUNT, KEY) as p:
@@ -136,8 +142,13 @@ def test_storage_down_for_the_whole_run_fails_cleanly_within_the_bound(
         elif how == "proxy refusing":
             p.refuse()
         # the timeout only guards against a hang: the run must end, and it ends with one line
-        run = subprocess.run(_cli("upload", str(root), "--version", "v1"), env=_env(conn, corpus_name),
-                             capture_output=True, text=True, timeout=180)
+        run = subprocess.run(
+            _cli("upload", str(root), "--version", "v1"),
+            env=_env(conn, corpus_name),
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         if how != "proxy resetting":
             # "at once": the reachability check does not retry a refused connection (counted, not timed)
             assert _probe_retries(conn) == 0
@@ -171,9 +182,21 @@ def _wait_requests(proxy: FaultyStorage, n: int, proc: subprocess.Popen[str]) ->
 
 def test_short_outage_is_survived(proxy: FaultyStorage, azurite: Azurite, corpus_name: str, tmp_path: Path) -> None:
     root = _tree(tmp_path / "photos", sets=10, per_set=30)
-    proc = subprocess.Popen(_cli("upload", str(root), "--version", "v1", "--json", "--max-parallel-uploads", "4",
-                                 ), env=_env(proxy.connection_string, corpus_name),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _cli(
+            "upload",
+            str(root),
+            "--version",
+            "v1",
+            "--json",
+            "--max-parallel-uploads",
+            "4",
+        ),
+        env=_env(proxy.connection_string, corpus_name),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _wait_requests(proxy, 60, proc)
     proxy.refuse()  # every connection cut, every new one refused, for 2 s
     threading.Event().wait(2.0)
@@ -188,7 +211,8 @@ def test_short_outage_is_survived(proxy: FaultyStorage, azurite: Azurite, corpus
 
 
 def test_storage_dying_mid_run_ends_the_run_within_the_bound_and_rerun_finishes(
-        proxy: FaultyStorage, azurite: Azurite, corpus_name: str, tmp_path: Path) -> None:
+    proxy: FaultyStorage, azurite: Azurite, corpus_name: str, tmp_path: Path
+) -> None:
     root = _tree(tmp_path / "photos", sets=10, per_set=30)
     cmd = _cli("upload", str(root), "--version", "v1", "--max-parallel-uploads", "4")
     env = _env(proxy.connection_string, corpus_name)

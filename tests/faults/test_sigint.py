@@ -36,7 +36,7 @@ def _children(pid: int) -> set[int]:
             except OSError:
                 continue
             # the command name may hold spaces and parentheses: fields start after the last ')'
-            fields = stat[stat.rindex(")") + 2:].split()
+            fields = stat[stat.rindex(")") + 2 :].split()
             if fields[0] != "Z":
                 parents[int(entry.name)] = int(fields[1])
     out: set[int] = set()
@@ -88,15 +88,14 @@ def _wait_gone(pids: set[int]) -> None:
 
 
 def test_sigint_during_transform_stops_reports_leaves_no_worker_and_rerun_finishes(
-        conn: str, corpus_name: str, tmp_path: Path) -> None:
+    conn: str, corpus_name: str, tmp_path: Path
+) -> None:
     for d in range(4):
         for i in range(30):
             unique_png(tmp_path / f"set{d}" / f"{i:03}.png", d * 1000 + i, size="128x128")
     _upload(conn, corpus_name, tmp_path)
-    cmd = [*CLI, "transform", "soft", "--version", "1", "--op", "blur=4", "--op", "charcoal=2",
-           "--workers", "2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    cmd = [*CLI, "transform", "soft", "--version", "1", "--op", "blur=4", "--op", "charcoal=2", "--workers", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
     def some_outputs() -> bool:
         return sum(n.startswith("transform/") for n in blobs(conn, corpus_name)) >= 10
@@ -107,11 +106,13 @@ def test_sigint_during_transform_stops_reports_leaves_no_worker_and_rerun_finish
     out, err = _ctrl_c(proc)
     assert proc.returncode == 130, err
     lines = out.splitlines()
-    assert lines[0] == ("Interrupted: transform soft@1 is partly done; unfinished sets stay pending and a rerun "
-                        "finishes them")
+    assert lines[0] == (
+        "Interrupted: transform soft@1 is partly done; unfinished sets stay pending and a rerun finishes them"
+    )
     done_sets = int(lines[1].split(": ")[1].split()[0])
-    assert lines[1] == (f"  sets        4 total: {done_sets} transformed, 0 already done, 0 failed, "
-                        f"{4 - done_sets} interrupted")  # every unfinished set is counted, started or not
+    assert lines[1] == (
+        f"  sets        4 total: {done_sets} transformed, 0 already done, 0 failed, {4 - done_sets} interrupted"
+    )  # every unfinished set is counted, started or not
     assert "Rerun the same command to finish the rest." in err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err and KEY not in out + err, err
     _wait_gone(workers)
@@ -119,8 +120,11 @@ def test_sigint_during_transform_stops_reports_leaves_no_worker_and_rerun_finish
     assert 10 <= done_before < 120
     outputs = [r for r in rows(conn, corpus_name) if r["TransformName"]]
     assert any(r["Status"] == "pending" for r in outputs)
-    assert not [r for r in rows(conn, corpus_name, "tags") if r["TransformName"] and
-                r["Path"] in {o["Path"] for o in outputs if o["Status"] == "pending"}]
+    assert not [
+        r
+        for r in rows(conn, corpus_name, "tags")
+        if r["TransformName"] and r["Path"] in {o["Path"] for o in outputs if o["Status"] == "pending"}
+    ]
 
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
@@ -130,7 +134,8 @@ def test_sigint_during_transform_stops_reports_leaves_no_worker_and_rerun_finish
 
 
 def test_sigint_during_download_stops_reports_keeps_no_partial_file_and_rerun_finishes(
-        conn: str, corpus_name: str, tmp_path: Path) -> None:
+    conn: str, corpus_name: str, tmp_path: Path
+) -> None:
     root = tmp_path / "photos"
     for d in range(4):
         for i in range(100):
@@ -139,19 +144,19 @@ def test_sigint_during_download_stops_reports_keeps_no_partial_file_and_rerun_fi
     out = tmp_path / "out"
     manifest = tmp_path / "m.jsonl"
     cmd = [*CLI, "download", "--out", str(out), "--manifest", str(manifest), "--max-parallel-downloads", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
     def downloaded() -> list[Path]:  # every file, temporary ones too
         return [p for p in out.rglob("*") if p.is_file()]
 
-    _wait_until(lambda: len([p for p in downloaded() if p.suffix == ".png"]) >= 10, proc,
-                "the download getting going")
+    _wait_until(lambda: len([p for p in downloaded() if p.suffix == ".png"]) >= 10, proc, "the download getting going")
     out_text, err = _ctrl_c(proc)
     assert proc.returncode == 130, err
     lines = out_text.splitlines()
-    assert lines[0] == (f"Interrupted: download to {out} stopped; every file there is whole (checked against its "
-                        "MD5) and a rerun downloads only the rest")
+    assert lines[0] == (
+        f"Interrupted: download to {out} stopped; every file there is whole (checked against its "
+        "MD5) and a rerun downloads only the rest"
+    )
     files = downloaded()
     assert not [p for p in files if p.name.endswith(".part")], "a partial download was left behind"
     got = int(lines[1].split()[1])
@@ -167,6 +172,7 @@ def test_sigint_during_download_stops_reports_keeps_no_partial_file_and_rerun_fi
 
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
-    assert rerun.stdout.splitlines()[1] == (f"  files       {400 - got} downloaded, {got} already present, "
-                                            "0 failed, 0 refused")
+    assert rerun.stdout.splitlines()[1] == (
+        f"  files       {400 - got} downloaded, {got} already present, 0 failed, 0 refused"
+    )
     assert len(downloaded()) == 400 and len(manifest.read_text().splitlines()) == 400

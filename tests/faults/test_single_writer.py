@@ -45,7 +45,8 @@ def _digest(root: Path) -> str:
 
 
 def test_two_runs_of_different_content_at_once_leave_exactly_one_owner(
-        conn: str, corpus_name: str, tmp_path: Path) -> None:
+    conn: str, corpus_name: str, tmp_path: Path
+) -> None:
     """The repro of the issue, as two real processes, ROUNDS times (each round a new version): exactly one
     exits 0, the other exits 1 naming the set and the reason, and the set's row, blobs and download are
     all the winner's."""
@@ -54,18 +55,30 @@ def test_two_runs_of_different_content_at_once_leave_exactly_one_owner(
     winners: dict[str, Path] = {}
     for rnd in range(ROUNDS):
         version = f"v{rnd}"
-        cmds = [[sys.executable, "-m", "corpus_manager.cli", "upload", str(root), "--version", version,
-                 "--max-parallel-uploads", "1"] for root in (ra, rb)]
-        procs = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for c in cmds]
+        cmds = [
+            [
+                sys.executable,
+                "-m",
+                "corpus_manager.cli",
+                "upload",
+                str(root),
+                "--version",
+                version,
+                "--max-parallel-uploads",
+                "1",
+            ]
+            for root in (ra, rb)
+        ]
+        procs = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in cmds]
         results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
         codes = [r[0] for r in results]
         assert sorted(codes) == [0, 1], f"round {rnd}: exit codes {codes}: {results}"
         winner, loser = (ra, results[1]) if codes[0] == 0 else (rb, results[0])
         said = loser[1] + loser[2]
         # refused while the winner uploads, or after it completed the set
-        assert f"s@{version}" in said and ("another run with different content" in said
-                                           or "is complete and its local content differs" in said), said
+        assert f"s@{version}" in said and (
+            "another run with different content" in said or "is complete and its local content differs" in said
+        ), said
         winners[version] = winner
         stored = {n: b for n, b in blobs(conn, corpus_name).items() if n.startswith(f"original/s/{version}/")}
         want = {f"original/s/{version}/{p.name}": md5_of(p) for p in (winner / "s").iterdir()}
@@ -98,8 +111,9 @@ def _leave_claim(conn: str, corpus: str, root: Path, *, age: datetime.timedelta)
         await storage.create_entity(storage.sets, entity)
         for name in ("00.png", "gone.png"):
             data = (root / "s" / "00.png").read_bytes()
-            await storage.put_blob(ident.blob_name(name), data, content_type=CONTENT_TYPES["png"],
-                                   md5=hashlib.md5(data).digest())
+            await storage.put_blob(
+                ident.blob_name(name), data, content_type=CONTENT_TYPES["png"], md5=hashlib.md5(data).digest()
+            )
 
     with_storage(conn, corpus, fn)
 
@@ -113,7 +127,8 @@ def _upload(conn: str, corpus: str, root: Path, **kw: Any) -> Any:
 
 
 def test_a_live_claim_of_other_content_is_refused_and_its_blobs_are_left_alone(
-        conn: str, corpus_name: str, tmp_path: Path) -> None:
+    conn: str, corpus_name: str, tmp_path: Path
+) -> None:
     ra, rb = _roots(tmp_path)
     _leave_claim(conn, corpus_name, rb, age=datetime.timedelta(seconds=5))
     before_blobs, before_rows = blobs(conn, corpus_name), rows(conn, corpus_name)
@@ -126,7 +141,8 @@ def test_a_live_claim_of_other_content_is_refused_and_its_blobs_are_left_alone(
 
 
 def test_a_dead_runs_claim_of_other_content_is_taken_over_after_its_lease(
-        conn: str, corpus_name: str, tmp_path: Path) -> None:
+    conn: str, corpus_name: str, tmp_path: Path
+) -> None:
     ra, rb = _roots(tmp_path)
     _leave_claim(conn, corpus_name, rb, age=datetime.timedelta(seconds=upload_module.LEASE_SECONDS + 5))
     report = _upload(conn, corpus_name, ra)
@@ -139,7 +155,8 @@ def test_a_dead_runs_claim_of_other_content_is_taken_over_after_its_lease(
 
 
 def test_an_interrupted_runs_claim_of_the_same_content_is_finished_at_once(
-        conn: str, corpus_name: str, tmp_path: Path) -> None:
+    conn: str, corpus_name: str, tmp_path: Path
+) -> None:
     """A rerun after a crash: the claim is fresh, but it is this content's, so the rerun goes on."""
     ra, _ = _roots(tmp_path)
     _leave_claim(conn, corpus_name, ra, age=datetime.timedelta(seconds=1))
@@ -150,7 +167,8 @@ def test_an_interrupted_runs_claim_of_the_same_content_is_finished_at_once(
 
 
 def test_a_run_that_lost_its_claim_writes_no_more_and_cannot_complete(
-        conn: str, corpus_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    conn: str, corpus_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Another run takes the set over after this run's first blob (as it may once this run's claim has
     gone unrenewed for the lease: this run frozen, or cut off from storage). Lease 0 here, so this run
     renews its claim before every write, and so learns at its next write that the claim is gone."""
@@ -161,10 +179,17 @@ def test_a_run_that_lost_its_claim_writes_no_more_and_cannot_complete(
         ident = SetIdentity("s", "v1")
         row = await storage.get_entity(storage.sets, ident.partition_key, ident.row_key)
         assert row is not None and row["Claim"] == _digest(ra)
-        await storage.update_entity(storage.sets, {"PartitionKey": ident.partition_key, "RowKey": ident.row_key,
-                                                   "Writer": "f" * 32, "Claim": _digest(rb),
-                                                   "Renewed": datetime.datetime.now(datetime.UTC).isoformat()},
-                                    etag=None)
+        await storage.update_entity(
+            storage.sets,
+            {
+                "PartitionKey": ident.partition_key,
+                "RowKey": ident.row_key,
+                "Writer": "f" * 32,
+                "Claim": _digest(rb),
+                "Renewed": datetime.datetime.now(datetime.UTC).isoformat(),
+            },
+            etag=None,
+        )
 
     class TakenOverAfterFirst(NullProgress):
         done = False

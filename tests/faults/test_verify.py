@@ -25,8 +25,9 @@ def _lose(conn: str, corpus: str, name: str) -> None:
     BlobServiceClient.from_connection_string(conn).get_container_client(corpus).delete_blob(name)
 
 
-def test_status_verify_demotes_a_lying_set_and_the_rerun_repairs_it(conn: str, corpus_name: str,
-                                                                     tmp_path: Path) -> None:
+def test_status_verify_demotes_a_lying_set_and_the_rerun_repairs_it(
+    conn: str, corpus_name: str, tmp_path: Path
+) -> None:
     root = tmp_path / "photos"
     for d in range(3):
         for i in range(4):
@@ -36,8 +37,10 @@ def test_status_verify_demotes_a_lying_set_and_the_rerun_repairs_it(conn: str, c
 
     code, out, _ = _run("upload", str(root), "--version", "v1")  # a rerun never lists a complete set
     assert code == 0 and out.startswith("Nothing to upload")
-    assert any(v.startswith("complete set 'birds/set1'") for v in violations(
-        read_corpus(conn, corpus_name), local_images(root, "v1")))
+    assert any(
+        v.startswith("complete set 'birds/set1'")
+        for v in violations(read_corpus(conn, corpus_name), local_images(root, "v1"))
+    )
 
     code, out, err = _run("status", "--verify", "--json")
     assert code == 1, err
@@ -56,8 +59,9 @@ def test_status_verify_demotes_a_lying_set_and_the_rerun_repairs_it(conn: str, c
     assert _run("status", "--verify")[1].count("0 did not match") == 1
 
 
-def test_transform_refuses_a_lying_source_and_verify_repairs_a_lying_output(conn: str, corpus_name: str,
-                                                                              tmp_path: Path) -> None:
+def test_transform_refuses_a_lying_source_and_verify_repairs_a_lying_output(
+    conn: str, corpus_name: str, tmp_path: Path
+) -> None:
     root = tmp_path / "photos"
     for d in range(2):
         for i in range(3):
