@@ -74,12 +74,11 @@ for _name in ("azure", "azure.core.pipeline.policies.http_logging_policy", "azur
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 # Short, bounded retries: a blip of a few seconds is survived, a dead endpoint fails a request
-# after about RETRY_WINDOW seconds instead of minutes. Every kind of failure (refused or reset
+# after about RETRY_TOTAL * RETRY_BACKOFF seconds instead of minutes. Every kind of failure (refused or reset
 # connection, no answer within READ_TIMEOUT, 408/429/5xx) gets the same RETRY_TOTAL retries; the SDK
 # defaults give connection errors only 3 and never retry a table POST (insert, batch) at all.
 RETRY_TOTAL = 5
 RETRY_BACKOFF = 1.0
-RETRY_WINDOW = RETRY_TOTAL * (RETRY_BACKOFF + 0.5) + 5
 CONNECT_TIMEOUT = 5
 # No byte of an answer for this long: the request is abandoned and retried (a stalled connection
 # is never waited on forever). Read at Storage.open(), so tests can shorten it.
@@ -482,8 +481,8 @@ class Storage:
 
         Once a request has failed to reach storage through all its retries, the storage counts as
         down for the rest of the run: later requests fail at once with that reason instead of each
-        spending its own retry window, so a run against a dead endpoint ends within about
-        RETRY_WINDOW seconds (every item still named) and a rerun finishes the work."""
+        spending its own retry window, so a run against a dead endpoint ends within about one
+        request's retries (every item still named) and a rerun finishes the work."""
         if self.down is not None:
             raise StorageUnavailable(
                 f"{what}: not tried, storage stopped answering earlier in this run ({self.down}); rerun to finish"
@@ -1003,13 +1002,6 @@ class Storage:
                 except TableTransactionError as exc:
                     raise StorageError(f"{what}: {_code(exc)}") from None
 
-    async def delete_batch(self, table: TableClient, keys: list[tuple[str, str]]) -> None:
-        for start in range(0, len(keys), TAG_BATCH):
-            chunk = keys[start : start + TAG_BATCH]
-            with self._table_op(f"{table.table_name} delete batch"):
-                self.stats.entity_writes += len(chunk)
-                await table.submit_transaction([("delete", {"PartitionKey": pk, "RowKey": rk}) for pk, rk in chunk])
-
     async def _entity_write(
         self, method: str, path: str, what: str, entity: Mapping[str, Any], *, if_match: str | None = None
     ) -> str | None:
@@ -1242,10 +1234,6 @@ def _json_code(data: bytes) -> str:
     """The error code in a table error's JSON body (odata.error.code), if any."""
     found = _JSON_CODE.search(data)
     return found.group(1).decode(errors="replace") if found else ""
-
-
-def md5_from_b64(value: str) -> bytes:
-    return base64.b64decode(value)
 
 
 def container_sas(
