@@ -19,6 +19,8 @@ import pytest
 import transforms
 from transforms.pool import WorkerPool
 
+from .processes import alive
+
 ROOT = Path(__file__).resolve().parent.parent
 WAIT = 60  # seconds: the generous bound of every wait below, never a speed claim
 
@@ -31,14 +33,6 @@ def _hold(path: str) -> None:
 
 def _die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's OOM killer would
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
 
 
 def _gone(pid: int) -> bool:
@@ -118,10 +112,10 @@ def test_workers_exit_when_their_parent_is_killed(tmp_path: Path) -> None:
     try:
         assert parent.stdout is not None
         workers = [int(p) for p in parent.stdout.readline().split()]
-        assert workers and all(_alive(p) for p in workers), workers
+        assert workers and all(alive(p) for p in workers), workers
         parent.kill()
         parent.wait(timeout=WAIT)
-        _wait_for(lambda: not [p for p in workers if _alive(p)], "the orphaned workers exiting")
+        _wait_for(lambda: not [p for p in workers if alive(p)], "the orphaned workers exiting")
     finally:
         if parent.poll() is None:
             parent.kill()

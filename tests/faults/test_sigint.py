@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..conftest import KEY, unique_png
 from ..helpers import blobs, rows, run
+from ..processes import alive, descendants
 
 CLI = [sys.executable, "-m", "corpus_manager.cli"]
 
@@ -24,35 +25,6 @@ CLI = [sys.executable, "-m", "corpus_manager.cli"]
 def _upload(conn: str, corpus: str, root: Path) -> None:
     report = run(conn, corpus, lambda c: c.upload(str(root), "v1"))
     assert report.ok, report.failures
-
-
-def _children(pid: int) -> set[int]:
-    """Every live descendant of pid (from /proc: no extra dependency)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            # the command name may hold spaces and parentheses: fields start after the last ')'
-            fields = stat[stat.rindex(")") + 2 :].split()
-            if fields[0] != "Z":
-                parents[int(entry.name)] = int(fields[1])
-    out: set[int] = set()
-    frontier = {pid}
-    while frontier:
-        frontier = {p for p, pp in parents.items() if pp in frontier} - out
-        out |= frontier
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return state[state.rindex(")") + 2] != "Z"
 
 
 def _wait_until(condition: Callable[[], bool], proc: subprocess.Popen[str], what: str) -> None:
@@ -82,8 +54,8 @@ def _ctrl_c(proc: subprocess.Popen[str]) -> tuple[str, str]:
 def _wait_gone(pids: set[int]) -> None:
     """Wait for processes to end (a worker signalled a moment ago may still be on its way out)."""
     deadline = time.monotonic() + 60
-    while alive := sorted(p for p in pids if _alive(p)):
-        assert time.monotonic() < deadline, f"orphan worker processes remain 60 s after the tool exited: {alive}"
+    while left := sorted(p for p in pids if alive(p)):
+        assert time.monotonic() < deadline, f"orphan worker processes remain 60 s after the tool exited: {left}"
         time.sleep(0.05)
 
 
@@ -101,7 +73,7 @@ def test_sigint_during_transform_stops_reports_leaves_no_worker_and_rerun_finish
         return sum(n.startswith("transform/") for n in blobs(conn, corpus_name)) >= 10
 
     _wait_until(some_outputs, proc, "the transform getting going")
-    workers = _children(proc.pid)
+    workers = set(descendants(proc.pid))
     assert len(workers) >= 2, "the worker processes should be running"
     out, err = _ctrl_c(proc)
     assert proc.returncode == 130, err

@@ -25,6 +25,7 @@ from corpus_manager.download import DownloadReport, temp_path
 
 from ..conftest import KEY, unique_png
 from ..helpers import blobs, run
+from ..processes import alive, descendants
 
 CLI = [sys.executable, "-m", "corpus_manager.cli"]
 WAIT = 120  # seconds: the generous bound of every wait below (a loaded machine), never a speed claim
@@ -33,40 +34,6 @@ WAIT = 120  # seconds: the generous bound of every wait below (a loaded machine)
 def _upload(conn: str, corpus: str, root: Path) -> None:
     report = run(conn, corpus, lambda c: c.upload(str(root), "v1"))
     assert report.ok, report.failures
-
-
-def _descendants(pid: int) -> dict[int, str]:
-    """Every live descendant of pid with its command line, from /proc (no extra dependency)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces and ')'
-            if fields[0] != "Z":
-                parents[int(entry.name)] = int(fields[1])
-    found: set[int] = set()
-    frontier = {pid}
-    while frontier:
-        frontier = {p for p, pp in parents.items() if pp in frontier} - found
-        found |= frontier
-    out = {}
-    for p in found:
-        try:
-            out[p] = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
 
 
 def _wait_for(condition: Callable[[], bool], what: str, proc: subprocess.Popen[str] | None = None) -> None:
@@ -236,7 +203,7 @@ def test_a_stop_signal_during_transform_leaves_no_worker_nor_resource_tracker(
     helpers: dict[int, str] = {}
 
     def both_workers_and_the_tracker() -> bool:
-        helpers.update(_descendants(proc.pid))
+        helpers.update(descendants(proc.pid))
         return (
             sum("spawn_main" in c for c in helpers.values()) == 2
             and sum("resource_tracker" in c for c in helpers.values()) == 1
@@ -254,4 +221,4 @@ def test_a_stop_signal_during_transform_leaves_no_worker_nor_resource_tracker(
         "Interrupted: transform soft@1 is partly done; unfinished sets stay pending and a rerun finishes them"
     )
     assert "Rerun the same command to finish the rest." in err and "Traceback" not in err, err
-    _wait_for(lambda: not [p for p in helpers if _alive(p)], f"every helper process exiting: {helpers}")
+    _wait_for(lambda: not [p for p in helpers if alive(p)], f"every helper process exiting: {helpers}")
