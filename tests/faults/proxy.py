@@ -217,12 +217,24 @@ class FaultProxy:
                     await asyncio.sleep(self.plan.stall_seconds)
                     _reset(writer)
                     return
-                if up_writer is None:
-                    up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-                assert up_reader is not None
-                up_writer.write(head + body)
-                await up_writer.drain()
-                resp_head = await _read_head(up_reader)
+                # Azurite (Node) closes a connection idle for 5 s; the proxy's own reuse of such a connection
+                # must not become a fault nobody planned (the client would see it and retry, one retry more
+                # than the faults drawn). A reused connection that fails before any answer byte is opened
+                # anew and the request sent once more: Node closed it unread, so it was never processed.
+                for fresh in (False, True):
+                    if fresh or up_writer is None or up_reader is None or up_reader.at_eof():
+                        if up_writer is not None:
+                            up_writer.close()
+                        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+                        fresh = True
+                    try:
+                        up_writer.write(head + body)
+                        await up_writer.drain()
+                        resp_head = await _read_head(up_reader)
+                        break
+                    except (_Closed, ConnectionError):
+                        if fresh:
+                            raise
                 status = int(resp_head.split(b" ", 2)[1])
                 resp_headers = _headers(resp_head)
                 no_body = method == b"HEAD" or status in (204, 304) or 100 <= status < 200
