@@ -90,7 +90,9 @@ def analyze(path: Path, top: int = 15) -> dict[str, Any]:
             (
                 f"{fn} ({fl})"
                 for fn, fl, _ in reversed(parsed)
-                if fl.startswith("corpus_manager/") and not fl.endswith(("cli.py", "throttle.py"))
+                if fl.startswith("corpus_manager/")
+                and not fl.startswith("corpus_manager/cli/")
+                and not fl.endswith("throttle.py")
             ),
             None,
         )
