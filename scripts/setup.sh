@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
-apt_pkgs=(imagemagick libmagickwand-dev ${EXTRA_APT:-})
+# chromium: the report test drives it headless through Playwright (its own browser download is not reachable)
+apt_pkgs=(imagemagick libmagickwand-dev chromium ${EXTRA_APT:-})
 command -v node >/dev/null 2>&1 || apt_pkgs+=(nodejs npm)
 # Debian's own python3 makes venvs only with python3-venv (ensurepip) installed
 "$PY" -c "import ensurepip" >/dev/null 2>&1 || apt_pkgs+=(python3-venv)
