@@ -262,10 +262,7 @@ class ImageSet:
 
 
 def _etag_of(entity: Mapping[str, Any]) -> str | None:
-    meta = getattr(entity, "metadata", None)
-    if isinstance(meta, Mapping):
-        return meta.get("etag")
-    return None
+    return getattr(entity, "etag", None)  # a row as storage read it (storage.Row) carries its ETag
 
 
 @dataclass

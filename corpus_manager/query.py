@@ -22,7 +22,7 @@ from .errors import ConfigError, CorpusError, CorruptRow, NotFound
 from .keys import FIELD_SEP, escape
 from .models import COMPLETE, ORIGINAL_PARTITION, ImageSet, SetIdentity, check_name, tag_partition
 from .results import Failure
-from .storage import Storage
+from .storage import Row, Storage, Where, eq, ge, lt
 from .throttle import ThrottleWork
 
 PAGE_SIZE = 1000  # Table Storage's largest page
@@ -76,23 +76,18 @@ class QueryFilter:
         """The distinct TagIndex partitions asked for (``Robin`` and ``robin`` are one)."""
         return list(dict.fromkeys(tag_partition(t.strip()) for t in self.tags))
 
-    def property_filter(self) -> tuple[list[str], dict[str, Any]]:
+    def property_filter(self) -> Where:
         """Version and transform conditions, for the server-side filter of either table."""
-        clauses: list[str] = []
-        params: dict[str, Any] = {}
+        where = Where()
         if self.version is not None:
-            clauses.append("Version eq @version")
-            params["version"] = self.version
+            where &= eq("Version", self.version)
         if self.originals:
-            clauses.append("TransformName eq @tname")
-            params["tname"] = ""
+            where &= eq("TransformName", "")
         elif self.transform:
-            clauses.append("TransformName eq @tname")
-            params["tname"] = self.transform_name
+            where &= eq("TransformName", self.transform_name)
             if self.transform_version:
-                clauses.append("TransformVersion eq @tversion")
-                params["tversion"] = self.transform_version
-        return clauses, params
+                where &= eq("TransformVersion", self.transform_version)
+        return where
 
     def matches(self, row: SetRow) -> bool:
         """The same conditions on the client side (a guard against a lax server-side filter)."""
@@ -229,13 +224,12 @@ def _corrupt(result: QueryResult, table: str, entity: Mapping[str, Any], exc: Ex
 class _PartitionReader:
     """One TagIndex partition, read a page at a time; remembers what it has seen by RowKey."""
 
-    def __init__(self, storage: Storage, partition: str, clauses: list[str], params: dict[str, Any]) -> None:
+    def __init__(self, storage: Storage, partition: str, where: Where) -> None:
         self.partition = partition
         self.rows: dict[str, Mapping[str, Any]] = {}
         self.done = False
-        where = " and ".join(["PartitionKey eq @pk", *clauses])
-        self._pages: AsyncGenerator[tuple[list[dict[str, Any]], bool]] = storage.query_pages(
-            storage.tags, where, {**params, "pk": partition}, page_size=PAGE_SIZE
+        self._pages: AsyncGenerator[tuple[list[Row], bool]] = storage.query_pages(
+            storage.tags, eq("PartitionKey", partition) & where, page_size=PAGE_SIZE
         )
 
     async def next_page(self) -> None:
@@ -299,9 +293,9 @@ async def _tags_and(storage: Storage, readers: list[_PartitionReader]) -> dict[s
 
 
 async def _by_tags(storage: Storage, filters: QueryFilter, result: QueryResult) -> None:
-    clauses, params = filters.property_filter()
+    where = filters.property_filter()
     partitions = filters.partitions
-    readers = [_PartitionReader(storage, pk, clauses, params) for pk in partitions]
+    readers = [_PartitionReader(storage, pk, where) for pk in partitions]
     result.partitions_read = partitions
     try:
         if len(readers) == 1 or filters.any_tag:
@@ -322,25 +316,19 @@ async def _by_tags(storage: Storage, filters: QueryFilter, result: QueryResult) 
 
 
 async def _scan_sets(storage: Storage, filters: QueryFilter, result: QueryResult) -> None:
-    clauses, params = filters.property_filter()
-    where = ["Status eq @status", *clauses]
-    params["status"] = COMPLETE
+    where = eq("Status", COMPLETE) & filters.property_filter()
     # ImageSets partitions are lineage families: a transform filter reads one partition (range)
     if filters.originals:
-        where.insert(0, "PartitionKey eq @pk")
-        params["pk"] = ORIGINAL_PARTITION
+        where = eq("PartitionKey", ORIGINAL_PARTITION) & where
     elif filters.transform:
         name, tversion = parse_transform(filters.transform)
         base = FIELD_SEP.join(("transform", name, ""))
         if tversion:
-            where.insert(0, "PartitionKey eq @pk")
-            params["pk"] = base + tversion
+            where = eq("PartitionKey", base + tversion) & where
         else:
             # every version of NAME: keys 'transform|NAME|...' sort between 'transform|NAME|' and the next char
-            where[:0] = ["PartitionKey ge @pklo", "PartitionKey lt @pkhi"]
-            params["pklo"] = base
-            params["pkhi"] = base[:-1] + chr(ord(FIELD_SEP) + 1)
-    async for entity in storage.query(storage.sets, " and ".join(where), params):
+            where = ge("PartitionKey", base) & lt("PartitionKey", base[:-1] + chr(ord(FIELD_SEP) + 1)) & where
+    async for entity in storage.query(storage.sets, where):
         try:
             image_set = ImageSet.from_entity(entity)
         except CorruptRow as exc:

@@ -23,7 +23,7 @@ from .storage import TAG_BATCH, Storage
 from .throttle import ThrottleWork
 
 if TYPE_CHECKING:
-    from .storage import TableClient
+    from .storage import Table
 
 # (kind, row, ETag, the caller's future): kind is create | update (a merge) | upsert (insert-or-replace)
 _RowWrite = tuple[str, dict[str, Any], str | None, "asyncio.Future[str | None]"]
@@ -32,7 +32,7 @@ _RowWrite = tuple[str, dict[str, Any], str | None, "asyncio.Future[str | None]"]
 class GroupCommit:
     """The writes of one run to one table (ImageSets by default), group-committed per partition."""
 
-    def __init__(self, storage: Storage, upserts: ThrottleWork, table: TableClient | None = None) -> None:
+    def __init__(self, storage: Storage, upserts: ThrottleWork, table: Table | None = None) -> None:
         self.storage = storage
         self.upserts = upserts  # every request goes through the run's table-write limit
         self.table = table if table is not None else storage.sets

@@ -30,7 +30,7 @@ from .models import COMPLETE, PENDING, ImageSet, ImageTransform, SetIdentity, ch
 from .query import open_for_reading
 from .results import Failure, NullProgress, ProgressSink
 from .rowcommit import GroupCommit
-from .storage import Storage, etag_of
+from .storage import Storage, eq, etag_of
 from .tagindex import index_set
 from .throttle import ThrottleWork
 
@@ -394,7 +394,7 @@ async def _load_partition(
     storage: Storage, partition: str, report: TransformReport, progress: ProgressSink
 ) -> dict[tuple[str, str], ImageSet]:
     out: dict[tuple[str, str], ImageSet] = {}
-    async for entity in storage.query(storage.sets, "PartitionKey eq @pk", {"pk": partition}):
+    async for entity in storage.query(storage.sets, eq("PartitionKey", partition)):
         try:
             image_set = ImageSet.from_entity(entity)
         except CorruptRow as exc:

@@ -33,7 +33,7 @@ from .imagetypes import CONTENT_TYPES, HEAD, TAIL, NotAnImage, sniff, sniff_part
 from .models import COMPLETE, ORIGINAL_PARTITION, PENDING, ImageSet, SetIdentity, check_name, content_digest
 from .results import Failure, NullProgress, ProgressSink
 from .rowcommit import GroupCommit
-from .storage import BlobInfo, Storage
+from .storage import BlobInfo, Storage, eq
 from .tagindex import TagIndexWriter
 from .throttle import ByteBudget, ThrottleWork, iterate_in_thread, open_file_cap
 
@@ -769,8 +769,8 @@ class _Uploader:
 
     async def load_existing(self) -> None:
         """One paged query for every set of this version, instead of a read per set."""
-        query = "PartitionKey eq @pk and Version eq @v"
-        async for entity in self.storage.query(self.storage.sets, query, {"pk": ORIGINAL_PARTITION, "v": self.version}):
+        where = eq("PartitionKey", ORIGINAL_PARTITION) & eq("Version", self.version)
+        async for entity in self.storage.query(self.storage.sets, where):
             try:
                 image_set = ImageSet.from_entity(entity)
             except CorruptRow as exc:

@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from azure.data.tables import EdmType, EntityProperty
 from click.testing import CliRunner
 
 from corpus_manager.cli import cli
 from corpus_manager.errors import StorageError
 from corpus_manager.models import COMPLETE, PENDING, ImageSet, SetIdentity, tag_rows
-from corpus_manager.storage import EdmType, EntityProperty, Storage, sdk_entity
+from corpus_manager.storage import Storage
+from corpus_manager.storage.entities import sdk_entity
 from corpus_manager.tagindex import TagIndexWriter
 from corpus_manager.throttle import ThrottleWork
 from corpus_manager.upload import _SetRows
@@ -45,7 +47,7 @@ def big_set(path: str, status: str = COMPLETE) -> ImageSet:
 
 async def raw_types(storage: Storage, table: Any, pk: str, rk: str) -> dict[str, Any]:
     """The row as the SDK itself reads it (no conversion of ours): Edm.Int64 comes back as an EntityProperty."""
-    entity = await table.get_entity(pk, rk)
+    entity = await table.sdk.get_entity(pk, rk)
     return {
         k: (v.edm_type if isinstance(v, EntityProperty) else type(v).__name__)
         for k, v in entity.items()
@@ -109,8 +111,8 @@ def test_sdk_writes_store_int64_and_old_int32_rows_still_read(conn: str, corpus_
                 content_digest="e" * 64,
             ),
         )
-        await storage.sets.create_entity(sdk_entity(new.to_entity()))  # the SDK itself, as with a bearer token
-        await storage.sets.create_entity(old.to_entity())  # plain ints: the SDK writes Edm.Int32
+        await storage.sets.sdk.create_entity(sdk_entity(new.to_entity()))  # the SDK itself, as with a bearer token
+        await storage.sets.sdk.create_entity(old.to_entity())  # plain ints: the SDK writes Edm.Int32
         pk = new.identity.partition_key
         assert await raw_types(storage, storage.sets, pk, new.identity.row_key) == {
             "ImageCount": EdmType.INT64,

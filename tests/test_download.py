@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 
 from corpus_manager.cli import cli
 from corpus_manager.download import UnsafeBlobName, local_target
-from corpus_manager.storage import Storage
+from corpus_manager.storage import Storage, eq
 
 from .conftest import Azurite, image_bytes, write_image
 from .helpers import blobs, run, with_storage
@@ -224,7 +224,7 @@ def test_a_tampered_index_row_cannot_point_elsewhere(conn: str, corpus_name: str
     _put_raw(conn, corpus_name, "secret/v1/x.png", secret, secret)
 
     async def tamper(storage: Storage) -> None:
-        rows = [dict(e) async for e in storage.query(storage.tags, "PartitionKey eq 'angry'")]
+        rows = [dict(e) async for e in storage.query(storage.tags, eq("PartitionKey", "angry"))]
         (row,) = rows
         row["BlobPrefix"] = "secret/v1/"
         await storage.upsert_entity(storage.tags, row, merge=False)
