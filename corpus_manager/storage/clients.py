@@ -9,12 +9,12 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote
 
 import aiohttp
 from azure.core.exceptions import AzureError, ResourceExistsError
-from azure.core.pipeline.policies import AsyncRetryPolicy
 from azure.core.pipeline.transport import AioHttpTransport
 from azure.data.tables.aio import TableClient, TableServiceClient
 from yarl import URL
@@ -23,7 +23,7 @@ from .. import storage as tuning
 from ..config import ConnectionInfo, redact
 from ..errors import ConfigError, StorageUnavailable
 from .errors import Health, emulator_hint, http_error
-from .http import blob_shared_key, container_sas, send
+from .http import blob_shared_key, container_sas, no_silent_resend, retrying, send
 
 if TYPE_CHECKING:  # azure.storage.blob costs ~0.15-0.3 s of start-up CPU: imported on first use only
     from azure.storage.blob.aio import BlobServiceClient, ContainerClient
@@ -47,10 +47,15 @@ class StorageStats:
 
 class Table:
     """A handle on one table of the corpus: its name, for messages and requests. Storage's table methods
-    take one; the SDK client behind it (``sdk``) is the package's own business (and tests')."""
+    take one; the SDK client behind it (``sdk``) is the package's own business (and tests').
 
-    def __init__(self, name: str) -> None:
+    An ``on_demand`` table is not made by ``Storage.ensure`` but by its first write (``ensure_table``),
+    and reads as empty until then: a corpus that never uses it never has it."""
+
+    def __init__(self, name: str, *, on_demand: bool = False) -> None:
         self.table_name = name
+        self.on_demand = on_demand
+        self.exists = False  # known to exist (made or seen by this run)
         self._sdk: TableClient | None = None
 
     @property
@@ -64,32 +69,6 @@ class Table:
 
     def __repr__(self) -> str:
         return f"Table({self.table_name!r})"
-
-
-def _tune_table_retry(client: Any, on_retry: Callable[[], None], retry_allowed: Callable[[Any], bool]) -> None:
-    """The tables SDK builds its retry policy itself from the client's retry_* options (it ignores
-    ``retry_policy=``), so that instance is adjusted in place, for every pipeline built from it:
-
-    - each retry is counted (its class gains a counting ``increment``);
-    - POST, PATCH and MERGE are retried after a connection error or timeout too (azure.core never
-      does): ours are inserts (one that had landed comes back as Conflict, which every caller
-      handles), upsert batches and merges (idempotent) and conditional updates (one that had landed
-      comes back as a 412 Conflict, handled the same way)."""
-    for policy in getattr(client, "_policies", ()):
-        if isinstance(policy, AsyncRetryPolicy):
-            policy._method_whitelist = frozenset(policy._method_whitelist | {"POST", "PATCH", "MERGE"})
-            base = type(policy)
-
-            class Counting(base):  # type: ignore[valid-type, misc]  # a base class known only at run time
-                def increment(self, settings: Any, response: Any = None, error: Any = None) -> bool:
-                    if not retry_allowed(error):
-                        return False
-                    more = super().increment(settings, response=response, error=error)
-                    if more:
-                        on_retry()
-                    return bool(more)
-
-            policy.__class__ = Counting
 
 
 def _blob_retry(on_retry: Callable[[], None], retry_allowed: Callable[[Any], bool]) -> Any:
@@ -159,6 +138,12 @@ class Connection:
         self.sets = Table(f"{corpus}ImageSets")
         self.transforms = Table(f"{corpus}ImageTransforms")
         self.tags = Table(f"{corpus}TagIndex")
+        self.releases = Table(f"{corpus}Releases", on_demand=True)
+
+    @property
+    def tables(self) -> tuple[Table, ...]:
+        """Every table of the corpus (``ensure`` creates those not ``on_demand``)."""
+        return (self.sets, self.transforms, self.tags, self.releases)
 
     @property
     def down(self) -> str | None:
@@ -262,33 +247,24 @@ class Connection:
         connector = aiohttp.TCPConnector(
             limit=self._pool_size + 8, limit_per_host=self._pool_size + 8, ttl_dns_cache=300
         )
-        self._session = aiohttp.ClientSession(connector=connector, trace_configs=[self._trace()])
-        # aiohttp silently re-sends an idempotent request once when a reused connection drops; every
-        # retry goes through the retry policies instead, so each one is counted and the tries bounded.
-        self._session._retry_connection = False
+        self._session = aiohttp.ClientSession(
+            connector=connector, trace_configs=[self._trace()], middlewares=(no_silent_resend,)
+        )
         self._blob_service, self._container = None, None
         try:
             self._table_service = TableServiceClient(
                 info.table_endpoint,
                 credential=self._table_credential,
                 transport=self._transport(),
-                # backoff 0, 1, 2, 2, 2 s
-                retry_total=tuning.RETRY_TOTAL,
-                retry_connect=tuning.RETRY_TOTAL,
-                retry_read=tuning.RETRY_TOTAL,
-                retry_status=tuning.RETRY_TOTAL,
-                retry_backoff_factor=0.5,
-                retry_backoff_max=2.0,
+                # no retries of the SDK's own: each table call goes through http.retrying (Tables._sdk),
+                # which retries every method (the SDK never retries a POST after a lost connection)
+                # and counts every retry, as for the thin requests
+                retry_total=0,
                 **self._common,
-            )
-            _tune_table_retry(
-                self._table_service,
-                self._count_retry,
-                lambda error: self.health.retry_allowed(error, info.table_endpoint),
             )
         except (ValueError, AzureError) as exc:
             raise StorageUnavailable(f"cannot use the storage settings: {redact(str(exc))}") from None
-        for table in (self.sets, self.transforms, self.tags):
+        for table in self.tables:
             table.sdk = self._table_service.get_table_client(table.table_name)
 
     @property
@@ -363,16 +339,27 @@ class Connection:
         self._probe_endpoint = self.info.table_endpoint
         if not create:
             # reading never creates: one row of the sets table at most (not counted in stats: a probe)
-            with self.translate(f"table {self.sets.table_name}", endpoint=self.info.table_endpoint):
-                async for _ in self.sets.sdk.list_entities(results_per_page=1, select=["PartitionKey"]).by_page():
-                    break
+            what = f"table {self.sets.table_name}"
+            with self.translate(what, endpoint=self.info.table_endpoint):
+                await retrying(self, self.info.table_endpoint, what, self._first_page)
             return
-        for table in (self.sets, self.transforms, self.tags):
-            with (
-                self.translate(f"table {table.table_name}", endpoint=self.info.table_endpoint),
-                contextlib.suppress(ResourceExistsError),
-            ):
-                await self._table_service.create_table(table.table_name)
+        for table in self.tables:
+            if not table.on_demand:
+                await self.ensure_table(table)
+
+    async def ensure_table(self, table: Table) -> None:
+        """Create ``table`` unless this run knows it exists (concurrent first writers both ask: one 409)."""
+        if table.exists:
+            return
+        assert self._table_service is not None, "Storage.open() first"
+        what = f"table {table.table_name}"
+        with self.translate(what, endpoint=self.info.table_endpoint), contextlib.suppress(ResourceExistsError):
+            make = partial(self._table_service.create_table, table.table_name)
+            await retrying(self, self.info.table_endpoint, what, make)
+        table.exists = True
+
+    async def _first_page(self) -> object:
+        return await anext(self.sets.sdk.list_entities(results_per_page=1, select=["PartitionKey"]).by_page(), None)
 
     async def ensure_container(self) -> None:
         """Create the container once per run (concurrent callers wait for the one request)."""

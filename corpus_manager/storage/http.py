@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
 from urllib.parse import quote
 
+import aiohttp
 from azure.core.exceptions import HttpResponseError
 from yarl import URL
 
@@ -78,6 +79,28 @@ async def retrying(
             continue
         return result
     raise AssertionError("unreachable")  # the loop always returns or raises
+
+
+class ConnectionDropped(aiohttp.ClientConnectionError):
+    """A connection that closed under a request (reset, or closed by the server while idle in the pool):
+    aiohttp's own ClientOSError or ServerDisconnectedError, re-raised as this by ``no_silent_resend``."""
+
+
+async def no_silent_resend(
+    request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+) -> aiohttp.ClientResponse:
+    """A client middleware (aiohttp's public ``middlewares=``) on the shared session: aiohttp resends an
+    idempotent request (GET, PUT, DELETE) once, silently, when a kept-alive connection drops under it
+    (ClientOSError or ServerDisconnectedError; client.py, "retrying-requests" of RFC 9112). That resend
+    is neither counted nor bounded by ours, so the error leaves the handler as ConnectionDropped, an
+    error aiohttp does not resend on, and ``retrying`` retries it like any other: counted, within
+    RETRY_TOTAL. Errors before a connection exists (ClientConnectorError) pass unchanged: never resent."""
+    try:
+        return await handler(request)
+    except aiohttp.ClientConnectorError:
+        raise
+    except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
+        raise ConnectionDropped(str(exc) or exc.__class__.__name__) from exc
 
 
 async def pause(conn: Connection) -> None:

@@ -13,6 +13,7 @@ sets"). With --account-url (a bearer token), or the fast path off, they go throu
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, TypeVar, cast
@@ -39,17 +40,35 @@ from .entities import (
     sdk_entity,
 )
 from .errors import code_of, http_error
-from .http import Answer, send, table_shared_key
+from .http import Answer, retrying, send, table_shared_key
 
 T = TypeVar("T")
+
+
+class _Missing(Exception):
+    """An on-demand table that does not exist yet: reads find no row."""
 
 
 class Tables(Connection):
     """The table operations of Storage."""
 
     async def _sdk(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """One SDK table call."""
-        return await call()
+        """One SDK table call, retried like a thin request (the SDK's own retries are off)."""
+        return await retrying(self, self.info.table_endpoint, what, call, secrets=(self.info.sas_token or "",))
+
+    async def _read(self, table: Table, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """An SDK read; of an on-demand table not made yet: _Missing (read as no row)."""
+        try:
+            return await self._sdk(what, call)
+        except ResourceNotFoundError as exc:
+            if table.on_demand and code_of(exc) == "TableNotFound":
+                raise _Missing from None
+            raise
+
+    async def _made(self, table: Table) -> None:
+        """Before a write: an on-demand table is made by its first write."""
+        if table.on_demand and not table.exists:
+            await self.ensure_table(table)
 
     async def get_entity(self, table: Table, pk: str, rk: str) -> dict[str, Any] | None:
         """The row (a ``Row``: ``etag_of`` gives its ETag), or None when there is none."""
@@ -57,8 +76,8 @@ class Tables(Connection):
         with self._table_op(what):
             self.stats.entity_reads += 1
             try:
-                return plain_entity(await self._sdk(what, lambda: table.sdk.get_entity(pk, rk)))
-            except ResourceNotFoundError:
+                return plain_entity(await self._read(table, what, partial(table.sdk.get_entity, pk, rk)))
+            except (ResourceNotFoundError, _Missing):
                 return None
 
     async def query(
@@ -75,7 +94,7 @@ class Tables(Connection):
         """The rows matching ``where``, one server page at a time, each with whether more follow, so a
         caller can stop between pages (the tag query reads partitions in lockstep, stopping at the smallest)."""
         what = f"query of {table.table_name}"
-        with self._table_op(what):
+        with self._table_op(what), contextlib.suppress(_Missing):
             self.stats.table_queries += 1
             token: Any = None
             while True:
@@ -85,7 +104,7 @@ class Tables(Connection):
                 else:
                     items = table.sdk.list_entities(results_per_page=page_size, select=select)
                 pager = cast(AsyncPageIterator[TableEntity], items.by_page(continuation_token=token))
-                page = await self._sdk(what, partial(anext, pager, None))
+                page = await self._read(table, what, partial(anext, pager, None))
                 if page is None:
                     return
                 rows = [plain_entity(entity) async for entity in page]
@@ -98,6 +117,7 @@ class Tables(Connection):
     async def create_entity(self, table: Table, entity: Mapping[str, Any]) -> str | None:
         """Insert; Conflict if the row exists. Returns the new ETag."""
         what = f"{table.table_name} row ({entity['PartitionKey']}, {entity['RowKey']})"
+        await self._made(table)
         with self._table_op(what):
             self.stats.entity_writes += 1
             if self.fast_path:
@@ -107,6 +127,7 @@ class Tables(Connection):
 
     async def upsert_entity(self, table: Table, entity: Mapping[str, Any], *, merge: bool = True) -> str | None:
         what = f"{table.table_name} row ({entity['PartitionKey']}, {entity['RowKey']})"
+        await self._made(table)
         with self._table_op(what):
             self.stats.entity_writes += 1
             if self.fast_path:  # MERGE or PUT without If-Match: insert-or-merge, insert-or-replace
@@ -121,6 +142,7 @@ class Tables(Connection):
     ) -> str | None:
         """Conditional update: Conflict when the row changed since ``etag`` was read."""
         what = f"{table.table_name} row ({entity['PartitionKey']}, {entity['RowKey']})"
+        await self._made(table)
         with self._table_op(what):
             self.stats.entity_writes += 1
             if self.fast_path:  # If-Match "*": the row must exist, whatever its ETag
@@ -148,6 +170,7 @@ class Tables(Connection):
         When any write is refused the transaction writes nothing and raises what that write alone would
         have (Conflict for an existing row or a changed ETag, NotFound, StorageError)."""
         what = f"{table.table_name} batch in partition {writes[0][1]['PartitionKey']}"
+        await self._made(table)
         with self._table_op(what):
             self.stats.entity_writes += len(writes)
             if self.fast_path:
@@ -183,6 +206,7 @@ class Tables(Connection):
 
     async def upsert_batch(self, table: Table, entities: Sequence[Mapping[str, Any]]) -> None:
         """Upsert (insert-or-merge) rows of one partition, 100 per entity group transaction."""
+        await self._made(table)
         for start in range(0, len(entities), tuning.TAG_BATCH):
             chunk = entities[start : start + tuning.TAG_BATCH]
             what = f"{table.table_name} batch in partition {chunk[0]['PartitionKey']}"
