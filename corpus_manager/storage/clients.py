@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Self, cast
 from urllib.parse import quote
 
 import aiohttp
@@ -157,7 +157,7 @@ class Connection:
         return self._session
 
     # ----- lifecycle -------------------------------------------------------------------------
-    async def __aenter__(self) -> Any:
+    async def __aenter__(self) -> Self:
         await self.open()
         return self
 
