@@ -72,7 +72,12 @@ class Table:
 
 
 def _blob_retry(on_retry: Callable[[], None], retry_allowed: Callable[[Any], bool]) -> Any:
-    """The blob SDK's LinearRetry (imported here, lazily), counting its retries like the thin path does."""
+    """The blob SDK's LinearRetry (imported here, lazily), counting its retries like ``http.retrying`` does.
+
+    Public mechanisms only: the blob clients take a ``retry_policy=`` (the tables SDK ignores it, hence
+    ``retry_total=0`` and our own loop there), and ``increment`` is the policy's public hook. The blob SDK
+    keeps its own retries because a download's later chunks are fetched inside ``chunks()``, where no loop
+    of ours could retry one chunk alone."""
     from azure.storage.blob.aio import LinearRetry
 
     class CountingLinearRetry(LinearRetry):
