@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
+from transforms import ImageError
+
+from .config import redact
+from .errors import CorpusError
+
 
 @dataclass(frozen=True)
 class Failure:
@@ -19,6 +24,14 @@ class Failure:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The reason a Failure gives for an exception: the message of the tool's own errors (they name
+    their item and cause), else the exception's class and message, with any secret redacted."""
+    if isinstance(exc, CorpusError | ImageError):
+        return str(exc)
+    return redact(f"{exc.__class__.__name__}: {exc}")
 
 
 class ProgressSink(Protocol):

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from corpus_manager import Corpus
+from corpus_manager import hashing as hashing_module
 from corpus_manager import storage as storage_module
-from corpus_manager import upload as upload_module
 from corpus_manager.results import NullProgress
 from corpus_manager.storage import Storage, block_id
 
@@ -170,7 +170,7 @@ def test_a_block_whose_bytes_changed_since_hashing_fails_the_file_and_commits_no
     root = tmp_path / "scans"
     big_png(root / "s" / "big.png", 3 * MiB, seed=3)
     write_image(root / "s" / "ok.png")
-    real = upload_module._hash_blocks
+    real = hashing_module._hash_blocks
 
     def changed(f: Any, block_size: int, **kw: Any) -> Any:
         res = real(f, block_size, **kw)
@@ -178,7 +178,7 @@ def test_a_block_whose_bytes_changed_since_hashing_fails_the_file_and_commits_no
             res.blocks[2] = hashlib.md5(b"other bytes").digest()
         return res
 
-    monkeypatch.setattr(upload_module, "_hash_blocks", changed)
+    monkeypatch.setattr(hashing_module, "_hash_blocks", changed)
     report, stats = upload(conn, corpus_name, root)
     assert report.files_failed == 1 and report.files_uploaded == 1
     (failure,) = report.failures

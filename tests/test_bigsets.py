@@ -20,11 +20,11 @@ from click.testing import CliRunner
 from corpus_manager.cli import cli
 from corpus_manager.errors import StorageError
 from corpus_manager.models import COMPLETE, PENDING, ImageSet, SetIdentity, tag_rows
+from corpus_manager.rowcommit import GroupCommit
 from corpus_manager.storage import Storage
 from corpus_manager.storage.entities import sdk_entity
 from corpus_manager.tagindex import TagIndexWriter
 from corpus_manager.throttle import ThrottleWork
-from corpus_manager.upload import _SetRows
 
 from .conftest import Azurite, free_port
 from .helpers import run, with_storage
@@ -59,7 +59,7 @@ def test_counts_and_sizes_beyond_int32_round_trip(conn: str, corpus_name: str) -
     async def go(storage: Storage) -> None:
         await storage.ensure()  # container too: queries read only a corpus that exists
         upserts = ThrottleWork(4)
-        rows = _SetRows(storage, upserts)
+        rows = GroupCommit(storage, upserts)
         # the lifecycle's own writes: a pending row created, then completed (both group-committed)
         pending = big_set("giant", PENDING)
         etag = await rows.create(pending.to_entity())
@@ -145,7 +145,7 @@ def test_one_bad_write_in_a_group_commit_fails_only_itself(conn: str, corpus_nam
 
     async def go(storage: Storage) -> list[Any]:
         await storage.ensure(container=False)
-        writer = _SetRows(storage, ThrottleWork(2))
+        writer = GroupCommit(storage, ThrottleWork(2))
         try:
             # queued together: one transaction, which the two bad rows refuse as a whole
             return await asyncio.gather(

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from corpus_manager import upload as upload_module
+from corpus_manager import lifecycle
 from corpus_manager.errors import StorageError
 from corpus_manager.models import COMPLETE, PENDING, ImageSet, SetIdentity
 from corpus_manager.storage import Storage
@@ -128,7 +128,7 @@ def test_upload_writes_shared_tags_in_batches(
         write_image(tmp_path / "common" / f"d{i:03d}" / "x.png")
     # The upload's writer, with its time trigger off: a slow (loaded) run would otherwise flush the
     # buffer every max_delay seconds, and the number of requests would measure the machine's speed.
-    monkeypatch.setattr(upload_module, "TagIndexWriter", functools.partial(TagIndexWriter, max_delay=float("inf")))
+    monkeypatch.setattr(lifecycle, "TagIndexWriter", functools.partial(TagIndexWriter, max_delay=float("inf")))
 
     async def go(c: Any) -> tuple[Any, dict[str, list[int]]]:
         calls = count_tag_writes(c.storage)

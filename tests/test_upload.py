@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from corpus_manager import Corpus
-from corpus_manager import upload as upload_module
+from corpus_manager import hashing as hashing_module
 from corpus_manager.cli import cli
 from corpus_manager.config import parse_connection_string
 from corpus_manager.errors import AuthenticationFailed, Conflict, CorpusError, NotFound, StorageError
@@ -354,13 +354,13 @@ def test_upload_of_a_file_whose_md5_does_not_match_fails_it_and_keeps_the_set_pe
 ) -> None:
     for i in range(3):
         unique_png(tmp_path / "s" / f"{i}.png", i)
-    real = upload_module._read_and_check
+    real = hashing_module._read_and_check
 
     def changed_after_hashing(path: str):  # type: ignore[no-untyped-def]
         data, md5, kind, bad = real(path)
         return (data + b"!" if path.endswith("1.png") else data), md5, kind, bad
 
-    monkeypatch.setattr(upload_module, "_read_and_check", changed_after_hashing)
+    monkeypatch.setattr(hashing_module, "_read_and_check", changed_after_hashing)
     report, _ = upload(conn, corpus_name, tmp_path)
     assert not report.ok and report.files_failed == 1 and report.files_uploaded == 2
     (failure,) = report.failures
@@ -368,7 +368,7 @@ def test_upload_of_a_file_whose_md5_does_not_match_fails_it_and_keeps_the_set_pe
     assert sorted(blobs(conn, corpus_name)) == ["original/s/v1/0.png", "original/s/v1/2.png"]
     (row,) = rows(conn, corpus_name)
     assert row["Status"] == "pending"  # never complete with a blob missing
-    monkeypatch.setattr(upload_module, "_read_and_check", real)
+    monkeypatch.setattr(hashing_module, "_read_and_check", real)
     report, stats = upload(conn, corpus_name, tmp_path)
     assert report.ok and report.files_uploaded == 1 and stats.blob_puts == 1
     assert rows(conn, corpus_name)[0]["Status"] == "complete"
@@ -520,8 +520,8 @@ def test_a_refused_row_transaction_is_replayed_one_write_at_a_time(
     conn: str, corpus_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from corpus_manager.models import ImageSet, SetIdentity
+    from corpus_manager.rowcommit import GroupCommit
     from corpus_manager.throttle import ThrottleWork
-    from corpus_manager.upload import _SetRows
 
     refused: list[str] = []
     real = Storage.write_rows
@@ -542,7 +542,7 @@ def test_a_refused_row_transaction_is_replayed_one_write_at_a_time(
         async with Storage(parse_connection_string(conn), corpus_name) as storage:
             await storage.ensure(container=False)
             await storage.create_entity(storage.sets, pending("b"))  # as another run would have
-            writer = _SetRows(storage, ThrottleWork(2))
+            writer = GroupCommit(storage, ThrottleWork(2))
             # queued together: one transaction, refused as a whole for "b"
             return await asyncio.gather(*(writer.create(pending(p)) for p in ("a", "b", "c")), return_exceptions=True)
 

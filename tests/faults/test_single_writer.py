@@ -18,8 +18,7 @@ from typing import Any
 
 import pytest
 
-from corpus_manager import Corpus
-from corpus_manager import upload as upload_module
+from corpus_manager import Corpus, lifecycle
 from corpus_manager.imagetypes import CONTENT_TYPES
 from corpus_manager.models import ImageSet, SetIdentity, content_digest
 from corpus_manager.results import NullProgress
@@ -144,7 +143,7 @@ def test_a_dead_runs_claim_of_other_content_is_taken_over_after_its_lease(
     conn: str, corpus_name: str, tmp_path: Path
 ) -> None:
     ra, rb = _roots(tmp_path)
-    _leave_claim(conn, corpus_name, rb, age=datetime.timedelta(seconds=upload_module.LEASE_SECONDS + 5))
+    _leave_claim(conn, corpus_name, rb, age=datetime.timedelta(seconds=lifecycle.LEASE_SECONDS + 5))
     report = _upload(conn, corpus_name, ra)
     assert report.ok and report.sets_uploaded == 1, report.failures
     assert report.files_uploaded == 6  # 00.png too: the blob of that name held the other run's bytes
@@ -172,7 +171,7 @@ def test_a_run_that_lost_its_claim_writes_no_more_and_cannot_complete(
     """Another run takes the set over after this run's first blob (as it may once this run's claim has
     gone unrenewed for the lease: this run frozen, or cut off from storage). Lease 0 here, so this run
     renews its claim before every write, and so learns at its next write that the claim is gone."""
-    monkeypatch.setattr(upload_module, "LEASE_SECONDS", 0.0)
+    monkeypatch.setattr(lifecycle, "LEASE_SECONDS", 0.0)
     ra, rb = _roots(tmp_path)
 
     async def take_over(storage: Storage) -> None:
