@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import itertools
 import math
 import os
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -36,11 +35,12 @@ from transforms import Spec
 
 from .config import ConnectionInfo, connection_from_settings, redact
 from .errors import ConfigError, CorpusError
+from .lifecycle import ClaimLost
 from .models import ImageSet, SetIdentity
-from .results import Failure, ProgressSink
+from .results import Failure, ProgressSink, failure_reason
 from .storage import Storage
 from .throttle import ThrottleWork
-from .transform import SetJob, TransformReport, TransformSetOutcome, _Plan, register_transform
+from .transformjob import Fence, Plan, TransformJob, TransformReport, TransformSetOutcome, transform_image
 
 SCHEDULER_ENV = "CORPUS_DASK_SCHEDULER"
 CONNECTION_ENV = "AZURE_STORAGE_CONNECTION_STRING"
@@ -154,32 +154,16 @@ async def _transform_chunk(
     async with Storage(info, corpus, pool_size=IO_IN_FLIGHT) as storage:
 
         async def one(pair: tuple[str, str]) -> FileResult:
-            return await _transform_one(storage, spec_json, *pair)
+            done = await transform_image(storage, _cpu(), spec_json, *pair)
+            return FileResult(*pair, done.md5_hex, done.size)
 
         async for o in ThrottleWork(IO_IN_FLIGHT).map(one, pairs):
             if o.error is not None:
-                files.append(FileResult(*o.item, error=_reason(o.error)))
+                files.append(FileResult(*o.item, error=failure_reason(o.error)))
             else:
                 assert o.result is not None
                 files.append(o.result)
     return ChunkResult(files, _worker_name(), info.account_name)
-
-
-async def _transform_one(storage: Storage, spec_json: str, source: str, output: str) -> FileResult:
-    data, info = await storage.get_blob(source)
-    if info.md5_hex and hashlib.md5(data, usedforsecurity=False).hexdigest() != info.md5_hex:
-        raise CorpusError(f"downloaded bytes do not match the blob's Content-MD5 ({len(data)} bytes)")
-    # looked up at call time (not imported by name) so the whole module sees one apply_spec
-    result = await asyncio.get_running_loop().run_in_executor(_cpu(), transforms.apply_spec, spec_json, data, source)
-    md5 = hashlib.md5(result.data, usedforsecurity=False).digest()
-    await storage.put_blob(output, result.data, content_type=result.content_type, md5=md5)
-    return FileResult(source, output, md5.hex(), len(result.data))
-
-
-def _reason(error: BaseException) -> str:
-    if isinstance(error, CorpusError | transforms.ImageError):
-        return str(error)
-    return redact(f"{error.__class__.__name__}: {error}")
 
 
 # ----- client side ---------------------------------------------------------------------------
@@ -220,22 +204,18 @@ async def _worker_threads(client: Any, scheduler: str) -> int:
 
 
 @dataclass
-class _ClusterJob(SetJob):
-    client: Any
-    killed_worker: type[BaseException]
-    storage: Storage
-    name: str
-    version: str
-    spec: Spec
-    chunks: ThrottleWork  # tasks in flight on the cluster, shared by all sets
-    upserts: ThrottleWork
-    threads: int
-    progress: ProgressSink
-    report: TransformReport
+class ClusterTransformJob(TransformJob):
+    """Output sets made on a Dask cluster: each set's missing images go out as chunk tasks."""
+
+    client: Any = field(kw_only=True)
+    killed_worker: type[BaseException] = field(kw_only=True)
+    chunks: ThrottleWork = field(kw_only=True)  # tasks in flight on the cluster, shared by all sets
+    threads: int = field(kw_only=True)
     token: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     counter: itertools.count[int] = field(default_factory=itertools.count)
 
-    async def run_chunk(self, pairs: list[tuple[str, str]]) -> ChunkResult:
+    async def run_chunk(self, pairs: list[tuple[str, str]], fence: Fence) -> ChunkResult:
+        await fence()  # the worker writes the chunk's blobs: this run must own the set when it sends them
         future = self.client.submit(
             transform_chunk,
             self.storage.corpus,
@@ -259,10 +239,12 @@ class _ClusterJob(SetJob):
                 + (f", the last on {last}" if last else "")
                 + "); see the workers' logs (out of memory?)"
             )
-        return _reason(error)
+        return failure_reason(error)
 
-    async def process(self, source: ImageSet, identity: SetIdentity, todo: list[str], out: TransformSetOutcome) -> None:
-        # the set's lifecycle is transform.SetJob's; only the per-image work goes to the cluster
+    async def process(
+        self, source: ImageSet, identity: SetIdentity, todo: list[str], out: TransformSetOutcome, fence: Fence
+    ) -> None:
+        # the set's lifecycle is TransformJob's; only the per-image work goes to the cluster
         storage, spec = self.storage, self.spec
         size = chunk_size(len(todo), self.threads)
         chunks = [
@@ -270,15 +252,19 @@ class _ClusterJob(SetJob):
             for i in range(0, len(todo), size)
         ]
         lost: dict[str, int] = {}  # reason a whole chunk failed -> images it held
-        async for o in self.chunks.map(self.run_chunk, chunks):
+        async def run_chunk(pairs: list[tuple[str, str]]) -> ChunkResult:
+            return await self.run_chunk(pairs, fence)
+
+        async for o in self.chunks.map(run_chunk, chunks):
             if o.error is None and o.result is not None and o.result.account != storage.info.account_name:
                 o.error = CorpusError(
                     f"Dask worker {o.result.worker} stores to account {o.result.account!r}, this "
                     f"client to {storage.info.account_name!r}: give the workers the same account"
                 )
             if o.error is not None:
-                reason = self.chunk_reason(o.error)
-                lost[reason] = lost.get(reason, 0) + len(o.item)
+                if not isinstance(o.error, ClaimLost):  # a lost claim is named once, for the set
+                    reason = self.chunk_reason(o.error)
+                    lost[reason] = lost.get(reason, 0) + len(o.item)
                 out.failed += len(o.item)
                 self.progress.advance(files=len(o.item))
                 continue
@@ -304,57 +290,41 @@ async def run_on_cluster(
     name: str,
     version: str,
     spec: Spec,
-    plans: list[_Plan],
+    plans: list[Plan],
     *,
     scheduler: str,
-    registered: bool,
-    source_label: str,
+    register: Callable[[str], Awaitable[None]] | None,
     report: TransformReport,
     progress: ProgressSink,
     max_parallel_upserts: int,
 ) -> None:
-    """Run the planned sets on the Dask cluster at ``scheduler``; fills ``report`` as the local pool does."""
+    """Run the planned sets on the Dask cluster at ``scheduler``; fills ``report`` as the local pool does.
+    ``register``: registers the transform with the workers' ImageMagick version (None: registered)."""
     distributed = require_distributed()
     client = await _connect(distributed, scheduler)
     try:
         threads = await _worker_threads(client, scheduler)
         report.workers = threads
-        if not registered:
+        if register is not None:
             # the ImageMagick version is the workers' (the client never loads wand)
             future = client.submit(transforms.imagemagick_version, pure=False, retries=TASK_RETRIES)
-            im_version = await future
-            report.registered = await register_transform(storage, name, version, spec, source_label, im_version)
+            await register(await future)
         progress.grow(files=sum(p.source.image_count for p in plans))
-        # two tasks per worker thread: one running, one queued, so no worker waits on the client
-        job = _ClusterJob(
-            client,
-            distributed.KilledWorker,
+        job = ClusterTransformJob(
             storage,
             name,
             version,
             spec,
-            ThrottleWork(max(2, 2 * threads)),
             ThrottleWork(max_parallel_upserts),
-            threads,
             progress,
             report,
+            client=client,
+            killed_worker=distributed.KilledWorker,
+            # two tasks per worker thread: one running, one queued, so no worker waits on the client
+            chunks=ThrottleWork(max(2, 2 * threads)),
+            threads=threads,
         )
-        outcomes = {id(p): TransformSetOutcome(p.source.path, p.source.version, "interrupted") for p in plans}
-
-        async def run_one(plan: _Plan) -> TransformSetOutcome:
-            return await job.run_set(plan, outcomes[id(plan)])
-
-        try:
-            # sets in flight: enough for their chunks to fill the cluster
-            async for o in ThrottleWork(max(4, 2 * threads)).map(run_one, plans):
-                if o.error is not None:
-                    out = outcomes[id(o.item)]
-                    out.status = "failed"
-                    report.failures.append(Failure(f"set {o.item.source.identity}", _reason(o.error)))
-                report.sets.append(outcomes.pop(id(o.item)))
-        except (asyncio.CancelledError, KeyboardInterrupt):
-            report.interrupted = True
-            report.sets.extend(o for o in outcomes.values() if o.transformed or o.already_done)
-            raise
+        # sets in flight: enough for their chunks to fill the cluster
+        await job.run(plans, max(4, 2 * threads))
     finally:
         await client.close()

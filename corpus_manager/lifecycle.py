@@ -34,7 +34,7 @@ from functools import lru_cache
 from typing import Any, Generic, Protocol, TypeVar
 
 from .errors import Conflict, CorpusError, ImmutableSetError
-from .models import COMPLETE, PENDING, ImageSet, SetIdentity
+from .models import PENDING, ImageSet, SetIdentity
 from .results import Failure
 from .rowcommit import GroupCommit
 from .storage import Storage
@@ -171,6 +171,7 @@ class SetWriter:
         self.lease = lease or Lease()
         self.etag: str | None = existing.etag if existing else None
         self.token = ""  # this run's claim
+        self.created = False  # this run created the set's row (so nothing of it is stored yet)
         self.took_over = False  # this run took the set over from a run whose claim had expired
         self.lost: str | None = None  # why this run no longer owns the set
         self.renewed_at = 0.0  # time.monotonic() of this run's last write of its claim
@@ -221,6 +222,7 @@ class SetWriter:
                 self.etag = await self.run.rows.create({**pending, **self._claim_fields()})
                 self.renewed_at = sent
                 self.existing = ImageSet.from_entity(pending)
+                self.created = True
                 return None
             except Conflict:
                 await self.reread()  # another run created it meanwhile
@@ -335,18 +337,6 @@ class SetWriter:
         image_set.etag = self.etag
         await self.run.tags.add(image_set)
         return image_set
-
-    def completed(self, image_set: ImageSet) -> ImageSet:
-        """An existing complete set: built with this writer's identity and the given counts."""
-        return ImageSet(
-            self.identity,
-            tags=self.tags,
-            status=COMPLETE,
-            image_count=image_set.image_count,
-            total_bytes=image_set.total_bytes,
-            content_digest=image_set.content_digest,
-            source_set=self.source_set,
-        )
 
 
 # ----- the run loop ------------------------------------------------------------------------

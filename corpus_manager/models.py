@@ -24,7 +24,8 @@ _BAD_NAME_CHAR = re.compile(
 )
 PENDING = "pending"
 COMPLETE = "complete"
-ORIGINAL_PARTITION = "original"
+ORIGINAL_PARTITION = "original"  # the ImageSets partition (and blob prefix) of original sets
+SOURCE_ORIGINALS = "original"  # a transform's Source (ImageTransform row) when it reads original sets
 
 
 def check_name(value: str, what: str) -> str:
@@ -75,6 +76,14 @@ def tags_for(rel_dir: str) -> list[str]:
     return tags
 
 
+def set_partition(transform_name: str = "", transform_version: str = "") -> str:
+    """The ImageSets partition of a family of sets: the originals (no transform), or one transform
+    version's outputs. Planning a transform reads two partitions instead of the whole table."""
+    if not transform_name:
+        return ORIGINAL_PARTITION
+    return FIELD_SEP.join(("transform", transform_name, transform_version))
+
+
 @dataclass(frozen=True, order=True)
 class SetIdentity:
     """(dir, version, transform name, transform version); the transform is empty for originals."""
@@ -103,11 +112,7 @@ class SetIdentity:
 
     @property
     def partition_key(self) -> str:
-        # One partition per lineage family: originals, or one transform version. Planning a transform
-        # reads two partitions instead of the whole table.
-        if self.is_original:
-            return ORIGINAL_PARTITION
-        return FIELD_SEP.join(("transform", self.transform_name, self.transform_version))
+        return set_partition(self.transform_name, self.transform_version)
 
     @property
     def row_key(self) -> str:
@@ -276,7 +281,7 @@ class ImageTransform:
     command_line: str
     created_at: str = ""
     imagemagick_version: str = ""
-    source: str = "original"  # 'original' or the NAME@TV whose outputs it reads: part of the recipe
+    source: str = SOURCE_ORIGINALS  # 'original' or the NAME@TV whose outputs it reads: part of the recipe
 
     def __post_init__(self) -> None:
         check_name(self.name, "transform name")
@@ -309,7 +314,7 @@ class ImageTransform:
                 command_line=entity.get("CommandLine", ""),
                 created_at=str(entity.get("CreatedAt", "")),
                 imagemagick_version=entity.get("ImageMagickVersion", ""),
-                source=entity.get("Source") or "original",
+                source=entity.get("Source") or SOURCE_ORIGINALS,
             )
         except (KeyError, InvalidName) as exc:
             raise CorruptRow(
