@@ -73,7 +73,7 @@ class Crawler:
             try:
                 st = os.stat(abs_dir)
             except OSError as exc:
-                self._problem(abs_dir, _reason(exc))
+                self._problem(abs_dir, _skip_reason(exc))
                 continue
             ident = (st.st_dev, st.st_ino)
             if ident in visited:
@@ -97,13 +97,13 @@ class Crawler:
             self._problem(abs_dir, "is no longer a directory (changed during the walk)")
             return files, subdirs
         except OSError as exc:
-            self._problem(abs_dir, _reason(exc))
+            self._problem(abs_dir, _skip_reason(exc))
             return files, subdirs
         for entry in entries:
             try:
                 is_dir = entry.is_dir(follow_symlinks=True)
             except OSError as exc:
-                self._problem(entry.path, _reason(exc))
+                self._problem(entry.path, _skip_reason(exc))
                 continue
             if is_dir:
                 refused = name_problem(entry.name)
@@ -122,7 +122,7 @@ class Crawler:
             try:
                 st = entry.stat(follow_symlinks=True)
             except OSError as exc:
-                self._problem(entry.path, _reason(exc))
+                self._problem(entry.path, _skip_reason(exc))
                 continue
             if not stat.S_ISREG(st.st_mode):
                 self._problem(entry.path, "not a regular file; skipped")
@@ -135,7 +135,7 @@ class Crawler:
         return files, subdirs
 
 
-def _reason(exc: OSError) -> str:
+def _skip_reason(exc: OSError) -> str:
     if isinstance(exc, PermissionError):
         return "permission denied; skipped"
     if isinstance(exc, FileNotFoundError):

@@ -16,7 +16,8 @@ per write, so one bad write never fails the others queued with it.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import AuthenticationFailed, StorageUnavailable
 from .storage import TAG_BATCH, Storage
@@ -25,8 +26,15 @@ from .throttle import ThrottleWork
 if TYPE_CHECKING:
     from .storage import Table
 
-# (kind, row, ETag, the caller's future): kind is create | update (a merge) | upsert (insert-or-replace)
-_RowWrite = tuple[str, dict[str, Any], str | None, "asyncio.Future[str | None]"]
+
+@dataclass
+class RowWrite:
+    """One caller's write, queued for its partition's next request."""
+
+    kind: Literal["create", "update", "upsert"]  # update: a merge; upsert: insert-or-replace
+    entity: dict[str, Any]
+    etag: str | None  # an update's condition (None: the row must exist)
+    done: asyncio.Future[str | None]  # the caller's: the row's new ETag, or the write's error
 
 
 class GroupCommit:
@@ -36,7 +44,7 @@ class GroupCommit:
         self.storage = storage
         self.upserts = upserts  # every request goes through the run's table-write limit
         self.table = table if table is not None else storage.sets
-        self._queues: dict[str, list[_RowWrite]] = {}
+        self._queues: dict[str, list[RowWrite]] = {}
         self._flushers: dict[str, asyncio.Task[None]] = {}
 
     async def create(self, entity: dict[str, Any]) -> str | None:
@@ -50,10 +58,12 @@ class GroupCommit:
         """Insert or replace."""
         return await self._write("upsert", entity, None)
 
-    async def _write(self, kind: str, entity: dict[str, Any], etag: str | None) -> str | None:
+    async def _write(
+        self, kind: Literal["create", "update", "upsert"], entity: dict[str, Any], etag: str | None
+    ) -> str | None:
         done: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         pk = entity["PartitionKey"]
-        self._queues.setdefault(pk, []).append((kind, entity, etag, done))
+        self._queues.setdefault(pk, []).append(RowWrite(kind, entity, etag, done))
         flusher = self._flushers.get(pk)
         if flusher is None or flusher.done():
             self._flushers[pk] = asyncio.create_task(self._flush(pk))
@@ -64,24 +74,24 @@ class GroupCommit:
             if not flusher.done():
                 flusher.cancel()
 
-    def _take(self, pk: str) -> list[_RowWrite]:
+    def _take(self, pk: str) -> list[RowWrite]:
         # each row once, at most TAG_BATCH: what a transaction accepts
-        batch: list[_RowWrite] = []
-        rest: list[_RowWrite] = []
+        batch: list[RowWrite] = []
+        rest: list[RowWrite] = []
         rows: set[str] = set()
         for item in self._queues.get(pk, []):
-            if item[3].done():
+            if item.done.done():
                 continue  # its caller was cancelled
-            if len(batch) < TAG_BATCH and item[1]["RowKey"] not in rows:
+            if len(batch) < TAG_BATCH and item.entity["RowKey"] not in rows:
                 batch.append(item)
-                rows.add(item[1]["RowKey"])
+                rows.add(item.entity["RowKey"])
             else:
                 rest.append(item)
         self._queues[pk] = rest
         return batch
 
     async def _flush(self, pk: str) -> None:
-        batch: list[_RowWrite] = []
+        batch: list[RowWrite] = []
         try:
             while self._queues.get(pk):
                 batch = self._take(pk)
@@ -91,30 +101,30 @@ class GroupCommit:
                     await self._one(batch[0])
                 batch = []
         finally:
-            for *_, done in batch + self._queues.pop(pk, []):  # the flusher was cancelled: so are its waiters
-                if not done.done():
-                    done.cancel()
+            for item in batch + self._queues.pop(pk, []):  # the flusher was cancelled: so are its waiters
+                if not item.done.done():
+                    item.done.cancel()
 
-    async def _transaction(self, batch: list[_RowWrite]) -> None:
+    async def _transaction(self, batch: list[RowWrite]) -> None:
         storage, table = self.storage, self.table
-        writes = [(kind, entity, etag) for kind, entity, etag, _ in batch]
+        writes = [(item.kind, item.entity, item.etag) for item in batch]
         try:
             etags = await self.upserts.run(lambda: storage.write_rows(table, writes))
         except (StorageUnavailable, AuthenticationFailed) as exc:
-            for *_, done in batch:  # every write would fail alike: no replay
-                if not done.done():
-                    done.set_exception(exc)
+            for item in batch:  # every write would fail alike: no replay
+                if not item.done.done():
+                    item.done.set_exception(exc)
         except Exception:
             # one write was refused and the transaction stored none: each again on its own, so only
             # the bad one fails and its caller gets its own error
             await asyncio.gather(*(self._one(item) for item in batch))
         else:
-            for (*_, done), etag in zip(batch, etags, strict=True):
-                if not done.done():
-                    done.set_result(etag)
+            for item, etag in zip(batch, etags, strict=True):
+                if not item.done.done():
+                    item.done.set_result(etag)
 
-    async def _one(self, item: _RowWrite) -> None:
-        kind, entity, etag, done = item
+    async def _one(self, item: RowWrite) -> None:
+        kind, entity, etag, done = item.kind, item.entity, item.etag, item.done
         storage, table = self.storage, self.table
         try:
             if kind == "create":

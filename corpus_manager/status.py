@@ -19,14 +19,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import CorruptRow
-from .models import ORIGINAL_PARTITION, ImageSet, ImageTransform, SetIdentity
+from .models import SOURCE_ORIGINALS, ImageSet, ImageTransform, SetIdentity
 from .results import Failure, NullProgress, ProgressSink
 from .storage import Storage
 from .tagindex import TagIndexWriter
 from .throttle import ThrottleWork
 from .verify import verify_complete_sets
 
-ORIGINALS = "originals"
+FAMILY_ORIGINALS = "originals"  # the family of original sets, as the status report names it
 Registered = dict[tuple[str, str], tuple[ImageTransform, dict[str, Any]]]  # (name, version) -> row
 
 
@@ -103,7 +103,7 @@ class StatusReport:
 
 
 def _family(identity: SetIdentity) -> str:
-    return ORIGINALS if identity.is_original else identity.transform_label or ""
+    return FAMILY_ORIGINALS if identity.is_original else identity.transform_label or ""
 
 
 def _source_of(registered: dict[str, Any] | None, outputs: list[ImageSet]) -> str:
@@ -111,7 +111,7 @@ def _source_of(registered: dict[str, Any] | None, outputs: list[ImageSet]) -> st
     were made from, else the default (originals)."""
     if registered is not None and registered.get("Source"):
         src = str(registered["Source"])
-        return ORIGINALS if src in (ORIGINALS, ORIGINAL_PARTITION) else src
+        return FAMILY_ORIGINALS if src == SOURCE_ORIGINALS else src
     families: Counter[str] = Counter()
     for out in outputs:
         if out.source_set:
@@ -119,7 +119,7 @@ def _source_of(registered: dict[str, Any] | None, outputs: list[ImageSet]) -> st
                 families[_family(SetIdentity.from_key(out.source_set))] += 1
             except CorruptRow:
                 continue
-    return families.most_common(1)[0][0] if families else ORIGINALS
+    return families.most_common(1)[0][0] if families else FAMILY_ORIGINALS
 
 
 async def corpus_status(

@@ -1,5 +1,8 @@
 """The TagIndex table: one row per (case-folded tag, complete set), kept with the set lifecycle.
 
+``TagIndexWriter`` is the one writer of tag rows: each run has one (lifecycle.RunWriters), as has
+``corpus status --repair``.
+
 Rows are written only after a set's row is ``complete``; the set's ``Indexed`` flag is set after
 them, so a run killed in between leaves a complete, unindexed set that the next upload (or
 ``corpus status --repair``) indexes. Nothing ever indexes a pending set.
@@ -17,7 +20,6 @@ from typing import Any
 from .errors import Conflict, CorpusError
 from .models import ImageSet, tag_rows
 from .results import Failure
-from .rowcommit import GroupCommit
 from .storage import TAG_BATCH, Storage
 from .throttle import ThrottleWork
 
@@ -26,46 +28,6 @@ SetUpdate = Callable[[dict[str, Any], str | None], Awaitable[str | None]]
 REPAIR_HINT = (
     "the set is complete but not found by tag until `corpus status --repair` (or the same upload rerun) indexes it"
 )
-
-
-async def write_tag_rows(storage: Storage, rows: list[dict[str, Any]], upserts: ThrottleWork) -> None:
-    """Batch rows per partition (entity group transactions of at most 100)."""
-    by_partition: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
-        by_partition[row["PartitionKey"]].append(row)
-    for chunk in by_partition.values():
-        if len(chunk) == 1:
-            await upserts.run(partial(storage.upsert_entity, storage.tags, chunk[0], merge=False))
-        else:
-            await upserts.run(partial(storage.upsert_batch, storage.tags, chunk))
-
-
-async def index_set(
-    storage: Storage,
-    image_set: ImageSet,
-    upserts: ThrottleWork,
-    *,
-    set_rows: GroupCommit | None = None,
-    tag_writer: GroupCommit | None = None,
-) -> None:
-    """Write the set's tag rows, then flag it indexed. With ``tag_writer`` and ``set_rows`` (a job's
-    group-committed TagIndex and ImageSets writes) its rows share transactions with other sets'."""
-    if not image_set.is_complete:
-        raise ValueError(f"set {image_set.identity} is not complete; it must not be indexed")
-    rows = list({row["PartitionKey"]: row for row in tag_rows(image_set)}.values())  # "Red" and "red": one row
-    if tag_writer is not None:
-        await asyncio.gather(*(tag_writer.upsert(row) for row in rows))
-    else:
-        await write_tag_rows(storage, rows, upserts)
-    ident = image_set.identity
-    flag = {"PartitionKey": ident.partition_key, "RowKey": ident.row_key, "Indexed": True}
-    # unconditional: tag rows and the flag are idempotent, so a concurrent run that indexed the same
-    # complete set first is no conflict
-    if set_rows is not None:
-        image_set.etag = await set_rows.update(flag, None)
-    else:
-        image_set.etag = await upserts.run(lambda: storage.update_entity(storage.sets, flag, etag=None))
-    image_set.indexed = True
 
 
 class TagIndexWriter:

@@ -16,7 +16,7 @@ from typing import TypeVar
 from corpus_manager import Corpus
 from corpus_manager.models import COMPLETE, PENDING, ImageSet, ImageTransform, SetIdentity, content_digest
 from corpus_manager.storage import Storage
-from corpus_manager.tagindex import index_set
+from corpus_manager.tagindex import TagIndexWriter
 from corpus_manager.throttle import ThrottleWork
 
 from .conftest import image_bytes, write_image
@@ -63,7 +63,10 @@ async def add_set(
     )
     image_set.etag = await storage.create_entity(storage.sets, image_set.to_entity())
     if index and status == COMPLETE:
-        await index_set(storage, image_set, ThrottleWork(4))
+        writer = TagIndexWriter(storage, ThrottleWork(4))
+        await writer.add(image_set)
+        await writer.flush()
+        assert writer.failures == [], writer.failures
     return image_set
 
 

@@ -1,5 +1,6 @@
-"""Group-committed table writes (rowcommit.GroupCommit) on a real Azurite: the output sets of a
-transform index through them, so sets finishing together share their transactions."""
+"""Group-committed table writes (rowcommit.GroupCommit) on a real Azurite: a run's sets (an upload's,
+a transform's outputs) write their rows through one GroupCommit and their tag rows through one
+TagIndexWriter (lifecycle.RunWriters), so sets finishing together share their transactions."""
 
 from __future__ import annotations
 
@@ -7,13 +8,13 @@ import asyncio
 from collections import defaultdict
 from typing import Any
 
+from corpus_manager.lifecycle import RunWriters
 from corpus_manager.models import COMPLETE, ImageSet, SetIdentity
-from corpus_manager.rowcommit import GroupCommit
 from corpus_manager.storage import Storage
-from corpus_manager.tagindex import index_set
 from corpus_manager.throttle import ThrottleWork
 
 from .helpers import rows, with_storage
+from .test_tagindex import count_tag_writes
 
 
 def count_transactions(storage: Storage) -> dict[tuple[str, str], list[int]]:
@@ -42,19 +43,23 @@ def test_sets_indexed_together_share_their_tag_transactions(conn: str, corpus_na
         for i in range(5)
     ]
 
-    async def go(storage: Storage) -> dict[tuple[str, str], list[int]]:
+    async def go(storage: Storage) -> tuple[dict[tuple[str, str], list[int]], dict[str, list[int]]]:
         await storage.ensure(container=False)
-        upserts = ThrottleWork(5)
-        set_rows, tag_writer = GroupCommit(storage, upserts), GroupCommit(storage, upserts, storage.tags)
-        await asyncio.gather(*(set_rows.create(s.to_entity()) for s in sets))
-        calls = count_transactions(storage)
-        # as a transform's output sets finishing together do (transform.SetJob.run_set)
-        await asyncio.gather(*(index_set(storage, s, upserts, set_rows=set_rows, tag_writer=tag_writer) for s in sets))
-        return calls
+        calls, tag_calls = count_transactions(storage), count_tag_writes(storage)
+        # as a transform's output sets finishing together do (transformjob.TransformJob.run_set)
+        writers = RunWriters(storage, ThrottleWork(5))
+        try:
+            await asyncio.gather(*(writers.rows.create(s.to_entity()) for s in sets))
+            await asyncio.gather(*(writers.tags.add(s) for s in sets))
+            assert await writers.flush() == []
+        finally:
+            writers.close()
+        return calls, tag_calls
 
-    calls = with_storage(conn, corpus_name, go)
-    # the five rows of tag "shared": one entity group transaction, not five requests
-    assert calls[(f"{corpus_name}TagIndex", "shared")] == [5]
+    calls, tag_calls = with_storage(conn, corpus_name, go)
+    # the five rows: one entity group transaction, not five requests; the five rows of tag "shared" too
+    assert calls[(f"{corpus_name}ImageSets", "transform|thumbs|1")][0] == 5
+    assert tag_calls["shared"] == [5]
     tags = rows(conn, corpus_name, "tags")
     assert sorted(r["PartitionKey"] for r in tags) == ["d0", "d1", "d2", "d3", "d4"] + ["shared"] * 5
     assert all(s.indexed for s in sets)

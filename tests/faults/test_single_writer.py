@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import threading
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
@@ -207,3 +208,52 @@ def test_a_run_that_lost_its_claim_writes_no_more_and_cannot_complete(
     assert list(blobs(conn, corpus_name)) == ["original/s/v1/00.png"]  # nothing written after the takeover
     (row,) = rows(conn, corpus_name)
     assert row["Status"] == "pending" and row["Claim"] == _digest(rb)  # the taker's, untouched
+
+
+def test_a_second_transform_run_of_the_same_version_is_refused_a_set_the_first_is_writing(
+    conn: str, corpus_name: str, tmp_path: Path, pool: Executor
+) -> None:
+    """Two `corpus transform` runs of the same NAME@TV at once: the output set belongs to the run that
+    claimed it (its run id is the claim). The second run, a real process started while the first is in
+    the middle of the set, fails cleanly for that set (exit 1, named, refused) and writes nothing; the
+    first then finishes the set with its own blobs."""
+    for i in range(6):
+        unique_png(tmp_path / "s" / f"{i:02}.png", i)
+    assert _upload(conn, corpus_name, tmp_path).ok
+    prefix = "transform/thumbs/1/s/v1/"
+    second: dict[str, Any] = {}
+
+    class SecondRunAfterFirstImage(NullProgress):
+        def advance(self, files: int = 0, nbytes: int = 0) -> None:
+            if nbytes and not second:  # the first run has just stored its first output blob
+                # from a thread (this one runs the first run's event loop, which waits meanwhile)
+                t = threading.Thread(target=run_second)
+                t.start()
+                t.join()
+
+    def run_second() -> None:
+        before = blobs(conn, corpus_name)
+        cmd = [sys.executable, "-m", "corpus_manager.cli", "transform", "thumbs", "--version", "1"]
+        second["run"] = subprocess.run(
+            [*cmd, "--op", "resize=8x8!", "--workers", "1"], capture_output=True, text=True, timeout=300
+        )
+        second["unchanged"] = blobs(conn, corpus_name) == before
+        second["outputs"] = sorted(n for n in before if n.startswith(prefix))
+
+    async def first() -> Any:
+        async with Corpus(corpus_name, connection_string=conn) as c:
+            return await c.transform("thumbs", "1", ops=["resize=8x8!"], pool=pool, progress=SecondRunAfterFirstImage())
+
+    report = asyncio.run(first())
+    done = second["run"]
+    assert done.returncode == 1, done.stdout + done.stderr
+    said = done.stdout + done.stderr
+    assert "s@v1 [thumbs@1]" in said and "another run of transform thumbs@1 is writing this output set" in said, said
+    assert second["unchanged"], "the second run wrote to storage"
+    assert len(second["outputs"]) >= 1
+    assert report.ok and report.sets_transformed == 1 and report.images_transformed == 6, report.failures
+    stored = {n: b for n, b in blobs(conn, corpus_name).items() if n.startswith(prefix)}
+    assert len(stored) == 6
+    (row,) = [r for r in rows(conn, corpus_name) if r["TransformName"]]
+    assert row["Status"] == "complete" and row["ImageCount"] == 6
+    assert row["ContentDigest"] == content_digest([(n[len(prefix) :], b["md5"]) for n, b in stored.items()])
