@@ -232,12 +232,14 @@ class TransformJob:
         refusal = await writer.claim(self.writers.run_id)
         if refusal is not None:
             self.report.failures.append(Failure(f"set {identity}", refusal, "refused"))
+            self.progress.advance(files=len(names))  # none of them is this run's to do
             out.status = "failed"
             return out
         assert writer.existing is not None
         if writer.existing.is_complete:  # completed meanwhile by another run
             if not writer.existing.indexed:
                 await self.writers.tags.add(writer.existing)
+            self.progress.advance(files=len(names))
             out.status, out.already_done = "skipped", writer.existing.image_count
             return out
         done: set[str] = set()

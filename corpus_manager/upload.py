@@ -469,6 +469,7 @@ async def upload_tree(
         try:
             await _plan(up, crawler, report)
         finally:
+            up.writers.close()
             _finish(report, up, crawler, started)
     else:
         # the container is made before the first blob (or at once for a version with no rows yet):

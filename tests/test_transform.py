@@ -19,9 +19,10 @@ from corpus_manager.cli import cli
 from corpus_manager.imagetypes import CONTENT_TYPES
 from corpus_manager.models import ImageSet, SetIdentity, content_digest
 from corpus_manager.results import NullProgress
+from corpus_manager.storage import Storage
 
 from .conftest import image_bytes, write_image
-from .helpers import blobs, png_bomb, rows, run
+from .helpers import blobs, png_bomb, rows, run, with_storage
 
 
 def upload(conn: str, corpus: str, root: Path, version: str = "v1"):  # type: ignore[no-untyped-def]
@@ -253,6 +254,34 @@ def test_interrupted_job_finishes_on_rerun(conn: str, corpus_name: str, tmp_path
     assert report.sets[0].already_done == len(done)
     (out_row,) = [r for r in rows(conn, corpus_name) if r["TransformName"]]
     assert out_row["Status"] == "complete" and out_row["ImageCount"] == 12
+
+
+def test_a_rerun_indexes_complete_outputs_a_killed_run_left_unindexed(
+    conn: str, corpus_name: str, tmp_path: Path, pool: Executor
+) -> None:
+    """A run killed between an output's complete row and its tag rows (they are batched across sets, so
+    the last sets of an interrupted run are often so) leaves it complete and unindexed: the rerun, which
+    has nothing to transform, indexes it, as an upload rerun does for its sets."""
+    write_image(tmp_path / "red" / "1.png")
+    upload(conn, corpus_name, tmp_path)
+    assert transform(conn, corpus_name, pool).ok
+    (out,) = [r for r in rows(conn, corpus_name) if r["TransformName"]]
+    out_tags = [r for r in rows(conn, corpus_name, "tags") if r["TransformName"]]
+    assert len(out_tags) == 1
+
+    async def unindex(storage: Storage) -> None:
+        await storage.update_entity(
+            storage.sets, {"PartitionKey": out["PartitionKey"], "RowKey": out["RowKey"], "Indexed": False}, etag=None
+        )
+        for tag in out_tags:
+            await storage.delete_entity(storage.tags, tag["PartitionKey"], tag["RowKey"])
+
+    with_storage(conn, corpus_name, unindex)
+    assert not [r for r in rows(conn, corpus_name, "tags") if r["TransformName"]]
+    again = transform(conn, corpus_name, pool)
+    assert again.ok and [s.status for s in again.sets] == ["skipped"] and again.images_transformed == 0
+    assert [r["Path"] for r in rows(conn, corpus_name, "tags") if r["TransformName"]] == ["red"]
+    assert [r["Indexed"] for r in rows(conn, corpus_name) if r["TransformName"]] == [True]
 
 
 def test_from_chains_transforms_and_dry_run_writes_nothing(
