@@ -252,6 +252,7 @@ class ClusterTransformJob(TransformJob):
             for i in range(0, len(todo), size)
         ]
         lost: dict[str, int] = {}  # reason a whole chunk failed -> images it held
+
         async def run_chunk(pairs: list[tuple[str, str]]) -> ChunkResult:
             return await self.run_chunk(pairs, fence)
 

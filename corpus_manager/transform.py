@@ -260,6 +260,7 @@ async def run_transform(
             from .distributed import run_on_cluster
 
             report.scheduler = scheduler
+
             async def register(im_version: str) -> None:
                 report.registered = await register_transform(storage, name, version, spec, source_label, im_version)
 

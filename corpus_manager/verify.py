@@ -21,9 +21,9 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 
-from .errors import Conflict, CorpusError, NotFound
+from .errors import Conflict, NotFound
 from .models import PENDING, ImageSet, content_digest, tag_rows
-from .results import Failure, NullProgress, ProgressSink
+from .results import Failure, NullProgress, ProgressSink, failure_reason
 from .storage import Storage
 from .throttle import ThrottleWork
 
@@ -74,7 +74,7 @@ async def verify_complete_sets(
         progress.advance(files=1)
         label = str(o.item.identity)
         if o.error is not None:
-            reason = str(o.error) if isinstance(o.error, CorpusError) else f"{o.error.__class__.__name__}: {o.error}"
+            reason = failure_reason(o.error)
             if isinstance(o.error, Conflict):
                 reason = f"changed by another run while being verified; verify again ({reason})"
             result.problems.append(Failure(f"set {label}", reason))
