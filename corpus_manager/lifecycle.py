@@ -107,6 +107,11 @@ class Lease:
             return run_id not in _OPEN_RUNS
         return _process_gone(int(pid))
 
+    @property
+    def holder(self) -> str:
+        """The claim's run, for messages: "run 01234567" (its id's first 8 characters)."""
+        return f"run {self.writer[:8]}" if self.writer else "another run"
+
     def expired(self) -> bool:
         return self.ended() or self.age() >= LEASE_SECONDS
 

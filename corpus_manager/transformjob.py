@@ -182,9 +182,8 @@ class TransformJob:
         raise NotImplementedError
 
     def _busy(self, lease: Lease, age: float) -> str:
-        who = f"run {lease.writer[:8]}" if lease.writer else "another run"
         return (
-            f"another run of transform {self.name}@{self.version} is writing this output set ({who}, "
+            f"another run of transform {self.name}@{self.version} is writing this output set ({lease.holder}, "
             f"active {age:.0f} s ago); not written by this run: rerun once that run has finished"
         )
 

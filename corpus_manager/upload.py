@@ -161,9 +161,8 @@ class UploadSetJob:
         return str(self.identity)
 
     def _busy(self, lease: Lease, age: float) -> str:
-        who = f"run {lease.writer[:8]}" if lease.writer else "another run"
         return (
-            f"set {self.label} is being uploaded by another run with different content ({who}, "
+            f"set {self.label} is being uploaded by another run with different content ({lease.holder}, "
             f"active {age:.0f} s ago); versions are immutable: upload yours as a new "
             f"--version (if that run died, a rerun after {lifecycle.LEASE_SECONDS:.0f} s takes the set over)"
         )
