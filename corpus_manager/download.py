@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
 import hashlib
-import json
 import os
 import queue
 import re
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -37,26 +35,14 @@ except ImportError:  # Windows refuses to delete a file another process has open
     fcntl = None  # type: ignore[assignment]  # the module, or None where the OS has none
 
 from .errors import ConfigError, CorpusError
+from .filemanifest import MANIFEST_FIELDS, manifest_kind, neutralise_cell, write_manifest  # noqa: F401 (re-exported)
 from .query import QueryFilter, SetRow, query_sets
 from .results import Failure, NullProgress, ProgressSink
 from .storage import BlobInfo, Storage
 from .throttle import ThrottleWork, open_file_cap
 
-MANIFEST_FIELDS = (
-    "local_path",
-    "blob_name",
-    "set_path",
-    "tags",
-    "version",
-    "transform_name",
-    "transform_version",
-    "bytes",
-    "md5",
-)
 _HASH_CHUNK = 1 << 20
 _DRIVE = re.compile(r"^[A-Za-z]:")
-# Spreadsheets run a cell that starts with one of these as a formula.
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 class UnsafeBlobName(CorpusError):
@@ -110,22 +96,6 @@ def is_temp_name(name: str) -> bool:
     return _TEMP_NAME.fullmatch(name) is not None
 
 
-def manifest_kind(path: str) -> str:
-    suffix = Path(path).suffix.lower()
-    if suffix in (".jsonl", ".ndjson"):
-        return "jsonl"
-    if suffix == ".csv":
-        return "csv"
-    raise ConfigError(f"--manifest {path!r}: the extension must be .jsonl (JSON lines) or .csv")
-
-
-def neutralise_cell(value: Any) -> Any:
-    """A text cell a spreadsheet would run as a formula gets a leading apostrophe (shown, not run)."""
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
-        return "'" + value
-    return value
-
-
 @dataclass
 class FileRecord:
     """One image on disk: a manifest record."""
@@ -142,6 +112,19 @@ class FileRecord:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class DownloadItem:
+    """A file for ``download_items``: blob, MD5 and size, ``target`` ('/'-separated, relative to --out) and its
+    record; ``pinned``: ``md5_hex`` (a release's) rules, not the blob's Content-MD5 at download time."""
+
+    blob_name: str
+    md5_hex: str | None
+    size: int
+    target: str
+    record: FileRecord
+    pinned: bool = False
 
 
 @dataclass
@@ -366,36 +349,16 @@ class _Downloader:
         self.lock = threading.Lock()  # the counts the owners update, and the set of swept directories
         self.swept: set[Path] = set()
 
-    async def listed(self, sets: list[SetRow]) -> AsyncIterator[tuple[SetRow, BlobInfo]]:
-        """Each set's blobs, as its listing arrives (listings overlap the downloads of earlier sets)."""
-        async for o in ThrottleWork(self.limit).map(lambda s: self.storage.list_prefix(s.blob_prefix), sets):
-            row = o.item
-            if o.error is not None:
-                self.report.failures.append(Failure(row.blob_prefix, f"cannot list the set: {o.error}"))
-                continue
-            blobs = o.result or {}
-            if len(blobs) != row.images:
-                note = (
-                    f"set {row.identity} lists {len(blobs)} blobs under {row.blob_prefix} but its row "
-                    f"says {row.images} images"
-                )
-                self.report.warnings.append(note)
-                self.progress.note(note)
-            self.progress.grow(files=len(blobs), nbytes=sum(b.size for b in blobs.values()))
-            for name in sorted(blobs):
-                yield row, blobs[name]
-
-    async def one(self, item: tuple[SetRow, BlobInfo]) -> tuple[str, FileRecord]:
-        row, blob = item
-        target = local_target(self.out_root, blob.name)
-        if not blob.md5_hex:
+    async def one(self, item: DownloadItem) -> tuple[str, FileRecord]:
+        target = local_target(self.out_root, item.target)
+        if not item.md5_hex:
             raise ChecksumMismatch("the blob has no Content-MD5 to check against; not downloaded")
         local = await asyncio.to_thread(self.inspect, target)
-        if local == (blob.md5_hex, blob.size):
+        if local == (item.md5_hex, item.size):
             self.report.files_present += 1
-            return "present", self.record(row, target, blob.name, blob.size, blob.md5_hex)
-        md5_hex, size = await self.fetch(blob, target)
-        return "downloaded", self.record(row, target, blob.name, size, md5_hex)
+            return "present", replace(item.record, local_path=str(target), bytes=item.size, md5=item.md5_hex)
+        md5_hex, size = await self.fetch(item, target)
+        return "downloaded", replace(item.record, local_path=str(target), bytes=size, md5=md5_hex)
 
     def inspect(self, target: Path) -> tuple[str, int] | None:
         """(In a thread.) Sweep the target's directory, the first time this run meets it; then the MD5
@@ -442,28 +405,48 @@ class _Downloader:
             self.report.files_downloaded += 1
             self.report.bytes_downloaded += size
 
-    async def fetch(self, blob: BlobInfo, target: Path) -> tuple[str, int]:
+    async def fetch(self, item: DownloadItem, target: Path) -> tuple[str, int]:
         owner = _TempFile(self, target)
         try:
-            props = await self.storage.download_to(blob.name, owner.write)
-            return await owner.commit(props.md5_hex or blob.md5_hex)
+            props = await self.storage.download_to(item.blob_name, owner.write)
+            return await owner.commit(item.md5_hex if item.pinned else (props.md5_hex or item.md5_hex))
         except BaseException:
             owner.abort()
             raise
 
-    @staticmethod
-    def record(row: SetRow, target: Path, name: str, size: int, md5_hex: str) -> FileRecord:
-        return FileRecord(
-            local_path=str(target),
-            blob_name=name,
-            set_path=row.path,
-            tags=list(row.tags),
-            version=row.version,
-            transform_name=row.transform_name,
-            transform_version=row.transform_version,
-            bytes=size,
-            md5=md5_hex,
-        )
+
+async def _set_items(
+    storage: Storage, sets: list[SetRow], limit: int, progress: ProgressSink, report: DownloadReport
+) -> AsyncIterator[DownloadItem]:
+    """Each set's blobs, as its listing arrives (listings overlap the downloads of earlier sets)."""
+    async for o in ThrottleWork(limit).map(lambda s: storage.list_prefix(s.blob_prefix), sets):
+        row = o.item
+        if o.error is not None:
+            report.failures.append(Failure(row.blob_prefix, f"cannot list the set: {o.error}"))
+            continue
+        blobs: dict[str, BlobInfo] = o.result or {}
+        if len(blobs) != row.images:
+            note = (
+                f"set {row.identity} lists {len(blobs)} blobs under {row.blob_prefix} but its row "
+                f"says {row.images} images"
+            )
+            report.warnings.append(note)
+            progress.note(note)
+        progress.grow(files=len(blobs), nbytes=sum(b.size for b in blobs.values()))
+        for name in sorted(blobs):
+            b = blobs[name]
+            rec = FileRecord(
+                local_path="",  # filled in once the file is there
+                blob_name=name,
+                set_path=row.path,
+                tags=list(row.tags),
+                version=row.version,
+                transform_name=row.transform_name,
+                transform_version=row.transform_version,
+                bytes=b.size,
+                md5=b.md5_hex or "",
+            )
+            yield DownloadItem(name, b.md5_hex, b.size, name, rec)
 
 
 def _reason(exc: BaseException) -> str:
@@ -477,30 +460,6 @@ def _reason(exc: BaseException) -> str:
 def _unlink_quietly(path: Path) -> None:
     with contextlib.suppress(OSError):
         path.unlink()
-
-
-def write_manifest(path: str, records: list[FileRecord]) -> None:
-    """JSON lines or CSV by extension, written whole to a temporary file and renamed into place."""
-    kind = manifest_kind(path)
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = temp_path(target)
-    try:
-        with open(temp, "w", encoding="utf-8", newline="") as fh:
-            if kind == "jsonl":
-                for r in records:
-                    fh.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
-            else:
-                writer = csv.writer(fh)
-                writer.writerow(MANIFEST_FIELDS)
-                for r in records:
-                    cells = r.to_json()
-                    cells["tags"] = json.dumps(r.tags, ensure_ascii=False)  # one unambiguous cell
-                    writer.writerow([neutralise_cell(cells[k]) for k in MANIFEST_FIELDS])
-        os.replace(temp, target)
-    except BaseException:
-        _unlink_quietly(temp)
-        raise
 
 
 async def download_sets(
@@ -517,6 +476,31 @@ async def download_sets(
 
     Pass ``report`` to have it filled in place: if the run is cancelled (Ctrl-C), it still says what
     was done and what was not."""
+    out_path = check_download_args(out, manifest, max_parallel_downloads)
+    progress = progress or NullProgress()
+    result = await query_sets(storage, filters)
+    if report is None:
+        report = DownloadReport(out=str(out_path.resolve()))
+    report.sets = len(result.sets)
+    report.files_selected = sum(s.images for s in result.sets)
+    for p in result.problems:
+        report.failures.append(p)
+        progress.note(str(p))
+    limit = open_file_cap(max_parallel_downloads, "--max-parallel-downloads", per_item=3)[0]
+    items = _set_items(storage, result.sets, limit, progress, report)
+    return await download_items(
+        storage,
+        items,
+        out,
+        manifest=manifest,
+        max_parallel_downloads=max_parallel_downloads,
+        progress=progress,
+        report=report,
+    )
+
+
+def check_download_args(out: str, manifest: str | None, max_parallel_downloads: int) -> Path:
+    """The usage errors of a download, raised before any work; returns --out as a Path."""
     if max_parallel_downloads < 1:
         raise ConfigError("--max-parallel-downloads must be at least 1")
     if manifest is not None:
@@ -524,22 +508,33 @@ async def download_sets(
     out_path = Path(out).expanduser()
     if out_path.exists() and not out_path.is_dir():
         raise ConfigError(f"--out {out!r} exists and is not a directory")
+    return out_path
+
+
+async def download_items(
+    storage: Storage,
+    items: Iterable[DownloadItem] | AsyncIterable[DownloadItem],
+    out: str,
+    *,
+    manifest: str | None = None,
+    max_parallel_downloads: int = 20,
+    progress: ProgressSink | None = None,
+    report: DownloadReport | None = None,
+) -> DownloadReport:
+    """Download ``items`` into ``out`` (see the module docstring): ``download_sets`` and a release's download
+    both end here. The caller sets ``report.sets`` and ``report.files_selected``."""
+    out_path = check_download_args(out, manifest, max_parallel_downloads)
     progress = progress or NullProgress()
     started = time.perf_counter()
     # each download holds a socket and a file, and as many set listings (a socket each) may run beside
     # them: never more in flight than the open-file limit holds
     max_parallel_downloads, capped = open_file_cap(max_parallel_downloads, "--max-parallel-downloads", per_item=3)
-    result = await query_sets(storage, filters)
     if report is None:
         report = DownloadReport(out=str(out_path.resolve()))
     if capped:
         report.warnings.append(capped)
-    report.out, report.sets = str(out_path.resolve()), len(result.sets)
-    report.files_selected = sum(s.images for s in result.sets)
+    report.out = str(out_path.resolve())
     report.manifest = str(Path(manifest).resolve()) if manifest else None
-    for p in result.problems:
-        report.failures.append(p)
-        progress.note(str(p))
     try:
         out_path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -547,15 +542,15 @@ async def download_sets(
     out_root = out_path.resolve()
     dl = _Downloader(storage, out_root, max_parallel_downloads, progress, report)
     try:
-        async for o in ThrottleWork(max_parallel_downloads).map(dl.one, dl.listed(result.sets)):
-            _, blob = o.item
+        async for o in ThrottleWork(max_parallel_downloads).map(dl.one, items):
+            blob_name = o.item.blob_name
             if o.error is not None:
                 if isinstance(o.error, UnsafeBlobName):
                     report.files_refused += 1
-                    report.failures.append(Failure(blob.name, f"{o.error}; not written", "refused"))
+                    report.failures.append(Failure(blob_name, f"{o.error}; not written", "refused"))
                 else:
                     report.files_failed += 1
-                    report.failures.append(Failure(blob.name, _reason(o.error)))
+                    report.failures.append(Failure(blob_name, _reason(o.error)))
                 progress.advance(files=1)
                 continue
             assert o.result is not None
