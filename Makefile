@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv/bin
 
-.PHONY: setup demo test test-stress lint bench bench-query bench-transform bench-distributed bench-responsiveness azurite-start azurite-stop clean
+.PHONY: setup demo test test-stress lint bench bench-download bench-query bench-transform bench-distributed bench-responsiveness azurite-start azurite-stop clean
 
 setup:
 	@scripts/setup.sh
@@ -28,6 +28,11 @@ lint: setup
 bench: 
 	@EXTRA_APT="rclone libsecret-1-0" scripts/setup.sh
 	$(VENV)/python -m bench
+
+# issue 15: the download suite (rclone from apt, AzCopy from npm into .bench/npm on first use)
+bench-download:
+	@EXTRA_APT="rclone libsecret-1-0" scripts/setup.sh
+	$(VENV)/python -m bench --suite download
 
 bench-query:
 	@EXTRA_APT="rclone libsecret-1-0" scripts/setup.sh

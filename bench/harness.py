@@ -67,8 +67,12 @@ def storage_context(
             shutil.rmtree(work / "azurite", ignore_errors=True)
 
 
-def corpus_env(ctx: Context) -> dict[str, str]:
-    return ctx.child_env({"AZURE_STORAGE_CONNECTION_STRING": ctx.endpoint.connection_string})
+def corpus_env(ctx: Context, pythonpath: str | None = None) -> dict[str, str]:
+    """A corpus child's environment: this tree's package first on its path (the venv may hold another
+    checkout's, installed editable), or ``pythonpath`` (a variant's) when given."""
+    return ctx.child_env(
+        {"AZURE_STORAGE_CONNECTION_STRING": ctx.endpoint.connection_string}, pythonpath=pythonpath or str(azurite.ROOT)
+    )
 
 
 def corpus_argv(*args: str) -> list[str]:

@@ -13,8 +13,13 @@ same machine, one run, each contender once per round (order rotated), medians:
 - (c) ``corpus-transform``: ``corpus transform NAME --version rN --op ... --json`` end to end through
   Azurite; the source sets are uploaded once before the rounds and every round registers a fresh
   transform version, so every round downloads, transforms and uploads all the images.
+- (d) ``rclone-convert-rclone`` (issue 15): what a user without the tool really does, end to end through
+  the same Azurite: ``rclone copy`` of the sources down (``--transfers 32 --checkers 32``), (a)'s
+  ``xargs -P <cores> convert`` on them, ``rclone copy`` of the outputs up to a fresh prefix; one bash
+  script per round, measured with everything it waited for.
 
-Targets: (c) at least 1.3x faster than (a), and at least 0.8x of (b)'s speed.
+Targets: (c) at least 1.3x faster than (a), and at least 0.8x of (b)'s speed (issue 4); (c) at least
+1.2x faster than (d), and at least 0.8x of (b) (issue 15).
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ CONVERT_ARGS = ("-resize", "256x256", "-charcoal", "1")  # the same operations, 
 FULL = PhotoSpec(20, 20, 512)
 QUICK = PhotoSpec(4, 10, 512)
 XARGS, XARGS_1T, POOL, CORPUS = "xargs-convert", "xargs-convert-1t", "wand-pool", "corpus-transform"
+PIPELINE = "rclone-convert-rclone"
+OUT_CONTAINER = "txpipeline"
 SCENARIO = "transform"
 
 
@@ -88,6 +95,28 @@ class TransformSuite:
         uploaded = json.loads(m.stdout)["files"]["uploaded"]
         if uploaded != len(self.files):
             raise SystemExit(f"bench: the source upload stored {uploaded} files, expected {len(self.files)}")
+        self._pipeline_prepare()
+
+    def _pipeline_prepare(self) -> None:
+        """(d)'s remotes (container SAS: the corpus's container to read, one to write), and its convert list
+        over the names the blobs really have (``original/<dir>/v1/<file>``), mapped from DOWN to UP."""
+        self.rclone_conf = self.ctx.work / "rclone-pipeline.conf"
+        src_sas = self.ctx.endpoint.container_sas_url(self.corpus)
+        out_sas = self.ctx.endpoint.container_sas_url(OUT_CONTAINER)
+        self.rclone_conf.write_text(
+            f"[src]\ntype = azureblob\nsas_url = {src_sas}\n\n[out]\ntype = azureblob\nsas_url = {out_sas}\n"
+        )
+        self.rclone_conf.chmod(0o600)  # it holds SASes
+        container = self.ctx.endpoint.blob_service.get_container_client(self.corpus)
+        names = sorted(b.name[len("original/") :] for b in container.list_blobs(name_starts_with="original/"))
+        if len(names) != len(self.files):
+            raise SystemExit(f"bench: the corpus holds {len(names)} originals, expected {len(self.files)}")
+        self.down, self.up = self.ctx.work / "pipeline-down", self.ctx.work / "pipeline-up"
+        self.pipeline_names = names
+        self.pipeline_list = self.ctx.work / "pipeline-args.txt"
+        self.pipeline_list.write_text(
+            "".join(f"{self.down / n} {' '.join(CONVERT_ARGS)} {self.up / n}\n" for n in names)
+        )
 
     def _xargs_list(self) -> None:
         # One line per file: `IN -resize 256x256 -charcoal 1 OUT`, OUT under a directory made per round.
@@ -194,12 +223,52 @@ class TransformSuite:
         if s.ok:
             self.corpus_versions.append(version)
 
+    def run_pipeline(self, rnd: int, record: bool = True) -> None:
+        """(d): rclone down, xargs convert, rclone up, as one script; a fresh DOWN and UP each round (dirs
+        made outside the timing, as for (a)); the outputs go to a fresh prefix of the output container."""
+        shutil.rmtree(self.down, ignore_errors=True)
+        shutil.rmtree(self.up, ignore_errors=True)
+        for n in self.pipeline_names:
+            (self.up / n).parent.mkdir(parents=True, exist_ok=True)
+        rclone, n = tools.rclone(), str(self.ctx.parallel)
+        flags = f"--config {self.rclone_conf} --transfers {n} --checkers {n} -q"
+        prefix = f"r{rnd}" if record else "warm"
+        script = (
+            "set -euo pipefail\n"
+            f"{rclone} copy src:{self.corpus}/original {self.down} {flags}\n"
+            f"xargs -a {self.pipeline_list} -P {self.workers} -L 1 {self.convert}\n"
+            f"{rclone} copy {self.up} out:{OUT_CONTAINER}/{prefix} {flags}\n"
+        )
+
+        def check(_m: Measured) -> str:
+            stored = sum(
+                1
+                for _ in self.ctx.endpoint.blob_service.get_container_client(OUT_CONTAINER).list_blobs(
+                    name_starts_with=f"{prefix}/"
+                )
+            )
+            return "" if stored == len(self.files) else f"{stored} outputs stored, expected {len(self.files)}"
+
+        step(
+            self.ctx,
+            self.samples if record else None,
+            SCENARIO,
+            PIPELINE,
+            rnd,
+            ["bash", "-c", script],
+            self.ctx.child_env(),
+            files=len(self.files),
+            nbytes=self.nbytes,
+            check=check,
+        )
+
     def run(self) -> list[Sample]:
         runners = {
             XARGS: lambda r, rec=True: self.run_xargs(r, False, rec),
             XARGS_1T: lambda r, rec=True: self.run_xargs(r, True, rec),
             POOL: lambda r, rec=True: self.run_pool(r, rec),
             CORPUS: lambda r, rec=True: self.run_corpus(r, rec),
+            PIPELINE: lambda r, rec=True: self.run_pipeline(r, rec),
         }
         print("bench: warm-up (one unrecorded run each: page cache, .pyc, Azurite's JIT)", flush=True)
         for fn in runners.values():
@@ -341,9 +410,11 @@ def verdicts(rows: list[Row]) -> list[dict[str, Any]]:
     a_rows = [r for r in (by.get(XARGS), by.get(XARGS_1T)) if r is not None]
     a = min(a_rows, key=lambda r: r.wall) if a_rows else None
     out = []
+    d = by.get(PIPELINE)
     for ref, label, want in (
-        (a, f"(c) vs (a) [{a.contender if a else 'n/a'}] >= 1.3x faster", 1.3),
-        (b, "(c) speed of (b) >= 0.8x", 0.8),
+        (a, f"(c) vs (a) [{a.contender if a else 'n/a'}] >= 1.3x faster (issue 4)", 1.3),
+        (b, "(c) speed of (b) >= 0.8x (issues 4, 15)", 0.8),
+        (d, "(c) vs (d) rclone + convert + rclone >= 1.2x faster (issue 15)", 1.2),
     ):
         wall = ref.wall / c.wall if ref and c and c.wall > 0 else None
         cpu = total_cpu(ref) / total_cpu(c) if ref and c and total_cpu(c) > 0 else None
@@ -361,7 +432,7 @@ def verdicts(rows: list[Row]) -> list[dict[str, Any]]:
 
 def render(rows: list[Row]) -> str:
     by = {r.contender: r for r in rows}
-    b = by.get(POOL)
+    b, d = by.get(POOL), by.get(PIPELINE)
     a_rows = [r for r in (by.get(XARGS), by.get(XARGS_1T)) if r is not None]
     a = min(a_rows, key=lambda r: r.wall) if a_rows else None
     head = [
@@ -374,12 +445,13 @@ def render(rows: list[Row]) -> str:
         "img/s",
         "vs (a)",
         "vs (b)",
+        "vs (d)",
         "server CPU s",
         "CPU+server s",
         "CPU vs (a)",
         "CPU vs (b)",
     ]
-    roles = {XARGS: "(a)", XARGS_1T: "(a) 1 thread", POOL: "(b)", CORPUS: "(c)"}
+    roles = {XARGS: "(a)", XARGS_1T: "(a) 1 thread", POOL: "(b)", CORPUS: "(c)", PIPELINE: "(d) end to end"}
     lines = []
     for r in rows:
         lines.append(
@@ -393,6 +465,7 @@ def render(rows: list[Row]) -> str:
                 f"{r.files_per_s:.1f}",
                 _fmt(a.wall / r.wall if a and r.wall else None),
                 _fmt(b.wall / r.wall if b and r.wall else None),
+                _fmt(d.wall / r.wall if d and r.wall else None),
                 "n/a" if r.server_cpu is None else f"{r.server_cpu:.2f}",
                 f"{total_cpu(r):.2f}",
                 _fmt(total_cpu(a) / total_cpu(r) if a and total_cpu(r) else None),
@@ -400,7 +473,7 @@ def render(rows: list[Row]) -> str:
             ]
         )
     note = (
-        "vs (a) = the faster (a)'s wall / this wall; vs (b) = (b)'s wall / this wall (> 1 faster). CPU = user+sys "
+        "vs (a) = the faster (a)'s wall / this wall; vs (b), vs (d) likewise (> 1 faster). CPU = user+sys "
         "of the child and everything it waited for (convert children, pool workers); CPU+server adds Azurite's; "
         "CPU vs = the same ratios on CPU+server (> 1 cheaper). Medians over rounds."
     )
@@ -446,7 +519,7 @@ def main(args: argparse.Namespace) -> int:
     print(render(rows))
     print(f"(c)'s stored outputs equal (b)'s: {identical}")
     print()
-    print("Targets (issue 4):")
+    print("Targets (issues 4 and 15):")
     print(
         table(
             ["target", "measured", "result"],

@@ -5,11 +5,13 @@ Each selected set is listed once (its blobs directly under its prefix); every bl
 A blob lands at ``OUT/<blob name>`` only if that path is provably inside OUT: names with ``..`` or
 ``.`` segments, empty segments, a leading ``/``, a backslash, a drive letter or a NUL (any control
 character on Windows) are refused, and the resolved path (symbolic links followed) must still be under
-OUT. A file already there with the blob's size and MD5 is kept; anything else is streamed to a
-temporary file beside the target, hashed as it arrives, checked against the blob's Content-MD5 and
-only then renamed into place, so a target is never half-written and a mismatch never passes silently.
-One thread owns each temporary file from creation to rename or unlink (``_TempFile``), so no cancel can
-strand one; a rerun removes those a killed run left (``_remove_if_abandoned``).
+OUT. A file already there with the blob's size and MD5 is kept (its MD5 from ``dlcache.Md5Cache`` while
+the file is unchanged, so a rerun hashes nothing). A blob up to ``storage.DOWNLOAD_WHOLE`` is fetched
+whole and written in one writer-thread call (``dlcache.write_whole``); a bigger one is streamed to a
+temporary file, hashed as it arrives. Either is checked against the blob's Content-MD5 before it is
+renamed into place: a target is never half-written and a mismatch never passes silently. One thread
+owns each temporary file from creation to rename or unlink (``_TempFile``), so no cancel can strand
+one; a rerun removes those a killed run left (``_remove_if_abandoned``).
 """
 
 from __future__ import annotations
@@ -22,18 +24,19 @@ import queue
 import re
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 try:
     import fcntl  # POSIX: a temporary file's owner holds a lock on it (see _remove_if_abandoned)
 except ImportError:  # Windows refuses to delete a file another process has open, which serves the same end
     fcntl = None  # type: ignore[assignment]  # the module, or None where the OS has none
 
+from . import storage as _st
+from .dlcache import Md5Cache, is_temp_name, temp_path, write_whole
 from .errors import ConfigError, CorpusError
 from .filemanifest import MANIFEST_FIELDS, manifest_kind, neutralise_cell, write_manifest  # noqa: F401 (re-exported)
 from .query import QueryFilter, SetRow, query_sets
@@ -41,7 +44,6 @@ from .results import Failure, NullProgress, ProgressSink
 from .storage import BlobInfo, Storage
 from .throttle import ThrottleWork, open_file_cap
 
-_HASH_CHUNK = 1 << 20
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
@@ -53,8 +55,9 @@ class ChecksumMismatch(CorpusError):
     """What arrived is not what the blob's Content-MD5 says it is."""
 
 
-def local_target(out_root: Path, blob_name: str) -> Path:
-    """Where a blob goes under ``out_root`` (already resolved), or UnsafeBlobName."""
+def local_target(out_root: Path, blob_name: str, known: set[Path] | None = None) -> Path:
+    """Where a blob goes under ``out_root`` (already resolved), or UnsafeBlobName. ``known``: directories
+    found inside ``out_root`` earlier in the run (each is resolved once, not once per file in it)."""
     if not blob_name:
         raise UnsafeBlobName("empty blob name")
     if "\\" in blob_name:
@@ -75,25 +78,14 @@ def local_target(out_root: Path, blob_name: str) -> Path:
         if _DRIVE.match(segment):
             raise UnsafeBlobName(f"a drive letter in the path segment {segment!r}")
     target = out_root.joinpath(*blob_name.split("/"))
-    # a symbolic link planted under OUT must not lead the write elsewhere
-    if not target.resolve().is_relative_to(out_root):
+    # a symbolic link planted under OUT (a directory, or the file itself) must not lead the write elsewhere
+    known = set() if known is None else known
+    if (target.parent not in known and not target.parent.resolve().is_relative_to(out_root)) or (
+        os.path.islink(target) and not target.resolve().is_relative_to(out_root)
+    ):
         raise UnsafeBlobName("the path leaves the output directory (through a symbolic link)")
+    known.add(target.parent)
     return target
-
-
-def temp_path(target: Path) -> Path:
-    """A fresh hidden temporary name beside ``target``, of fixed length (22 bytes): deriving it from the
-    target's name would push a name of 241-255 bytes past the file system's limit of 255.
-    ``is_temp_name`` recognises it, so a rerun can remove what a killed run left: keep the two together."""
-    return target.with_name(f".{uuid.uuid4().hex[:16]}.part")
-
-
-_TEMP_NAME = re.compile(r"\.[0-9a-f]{16}\.part")
-
-
-def is_temp_name(name: str) -> bool:
-    """Whether ``name`` is one ``temp_path`` makes."""
-    return _TEMP_NAME.fullmatch(name) is not None
 
 
 @dataclass
@@ -145,6 +137,7 @@ class DownloadReport:
     files_selected: int = 0  # images of the selected sets, by their rows
     interrupted: bool = False
     manifest_error: str | None = None  # why --manifest could not be written (the files are still there)
+    files_hashed: int = 0  # local files read and hashed to compare (unchanged ones come from the MD5 cache)
 
     @property
     def files_not_done(self) -> int:
@@ -183,27 +176,10 @@ class DownloadReport:
         }
 
 
-def _md5_file(path: Path) -> tuple[str, int] | None:
-    """MD5 hex and size of a local file, or None when it is not a readable regular file."""
-    try:
-        if not path.is_file():
-            return None
-        h = hashlib.md5(usedforsecurity=False)
-        size = 0
-        with open(path, "rb") as fh:
-            while chunk := fh.read(_HASH_CHUNK):
-                h.update(chunk)
-                size += len(chunk)
-        return h.hexdigest(), size
-    except OSError:
-        return None
-
-
 def _remove_if_abandoned(path: Path) -> bool:
-    """Unlink a temporary file of ours that no live run owns (its owner died: SIGKILL, power loss).
-    An owner holds an exclusive ``flock`` on its file until the file is renamed or unlinked, and the kernel
-    drops the lock when the owner's process dies, so a lock we can take means an abandoned file; a file
-    another run is writing right now is left alone."""
+    """Unlink a temporary file of ours that no live run owns (its owner died: SIGKILL, power loss). An
+    owner holds an exclusive ``flock`` on its file until it is renamed or unlinked, and the kernel drops
+    the lock when the owner dies: a lock we can take means an abandoned file."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError:
@@ -225,9 +201,8 @@ def _remove_if_abandoned(path: Path) -> bool:
         os.close(fd)
 
 
-class _Commit:
-    def __init__(self, expected_md5: str | None) -> None:
-        self.expected_md5 = expected_md5
+class _Commit(NamedTuple):
+    expected_md5: str | None
 
 
 _ABORT = object()
@@ -241,15 +216,12 @@ class _TempFile:
     """One download's temporary file, owned by one thread from creation to rename or unlink.
 
     The event loop only hands it chunks (``write``), then a verdict: ``commit`` (with the MD5 the bytes must
-    have) or ``abort``. The owning thread (``_own``, one call in the downloader's writer pool) creates the
-    file beside the target, writes and hashes the chunks, and ends by renaming it into place and counting
-    it, or by unlinking it: whatever happens, in that one call. A cancel on the loop (Ctrl-C, SIGTERM) can
-    only send ``abort``; it can never strand a file a thread creates after the task has left (as an
-    abandoned ``to_thread(open)`` once did), nor count a file that is not there, nor miss one that is:
-    ``download_sets`` ends only once every owner is done (even when cancelled: it waits in a thread that
-    ``asyncio.run`` waits for), so the summary sees the final count.
-
-    At most one chunk waits for the owner, so a download holds about two chunks, whatever the blob's size.
+    have) or ``abort``. The owning thread (``_own``, one call in the writer pool) creates the file beside the
+    target, writes and hashes the chunks, and renames it into place and counts it, or unlinks it: all in that
+    one call. A cancel (Ctrl-C, SIGTERM) can only send ``abort``: it never strands a file, nor counts one that
+    is not there; ``download_items`` ends only once every owner is done (even when cancelled: it waits in a
+    thread that ``asyncio.run`` waits for). At most one chunk waits for the owner: a download holds about
+    two chunks, whatever the blob's size. (A small download is one call too: ``write_small``.)
     """
 
     def __init__(self, downloader: _Downloader, target: Path) -> None:
@@ -312,10 +284,7 @@ class _TempFile:
                 message = self.messages.get()
             # the blob may have been replaced since the listing: its own Content-MD5 is the authority
             if h.hexdigest() != message.expected_md5:
-                raise ChecksumMismatch(
-                    f"downloaded content has MD5 {h.hexdigest()} but the blob's Content-MD5 "
-                    f"is {message.expected_md5}; not written"
-                )
+                raise _mismatch(h.hexdigest(), message.expected_md5)
             fh.flush()
             # renamed while still open and locked, so no other run's cleanup can take it meanwhile; counted
             # in the same step, so the summary's count is the files that are there
@@ -348,23 +317,40 @@ class _Downloader:
         self.writers = ThreadPoolExecutor(max_workers=min(limit, 32), thread_name_prefix="corpus-download")
         self.lock = threading.Lock()  # the counts the owners update, and the set of swept directories
         self.swept: set[Path] = set()
+        self.inside: set[Path] = set()  # directories resolved inside out_root (see local_target)
+        self.cache = Md5Cache(out_root)
 
     async def one(self, item: DownloadItem) -> tuple[str, FileRecord]:
-        target = local_target(self.out_root, item.target)
+        target = local_target(self.out_root, item.target, self.inside)
         if not item.md5_hex:
             raise ChecksumMismatch("the blob has no Content-MD5 to check against; not downloaded")
-        local = await asyncio.to_thread(self.inspect, target)
-        if local == (item.md5_hex, item.size):
+        # on the loop when it is a stat and a cache look-up (the rerun); a thread to sweep or to hash
+        there = self.settled(target, item)
+        if there is None:
+            there = await asyncio.to_thread(self.inspect, target, item)
+        if there:
             self.report.files_present += 1
             return "present", replace(item.record, local_path=str(target), bytes=item.size, md5=item.md5_hex)
         md5_hex, size = await self.fetch(item, target)
         return "downloaded", replace(item.record, local_path=str(target), bytes=size, md5=md5_hex)
 
-    def inspect(self, target: Path) -> tuple[str, int] | None:
-        """(In a thread.) Sweep the target's directory, the first time this run meets it; then the MD5
-        and size of the file already there, if any."""
+    def settled(self, target: Path, item: DownloadItem) -> bool | None:
+        """Is the file there the blob, known without I/O beyond a stat? None: ask ``inspect``."""
+        if target.parent not in self.swept:
+            return None
+        try:
+            st = target.stat()
+        except OSError:
+            return False
+        if st.st_size != item.size:
+            return False
+        md5 = self.cache.md5_of(target, st)
+        return None if md5 is None else md5 == item.md5_hex
+
+    def inspect(self, target: Path, item: DownloadItem) -> bool:
+        """(In a thread.) Sweep the target's directory (once a run); is the file there the blob?"""
         self.sweep(target.parent)
-        return _md5_file(target)
+        return self.cache.local_md5(target, item.size) == item.md5_hex
 
     def sweep(self, directory: Path) -> None:
         """Remove the temporary files earlier runs left in ``directory`` when they were killed."""
@@ -406,13 +392,31 @@ class _Downloader:
             self.report.bytes_downloaded += size
 
     async def fetch(self, item: DownloadItem, target: Path) -> tuple[str, int]:
+        def expected(props: BlobInfo) -> str | None:
+            return item.md5_hex if item.pinned else (props.md5_hex or item.md5_hex)
+
+        if item.size <= _st.DOWNLOAD_WHOLE:
+            # a photo: one GET into memory, then its whole life on disk in one writer-thread call
+            data, props = await self.storage.get_blob(item.blob_name)
+            done = self.writers.submit(self.write_small, target, data, expected(props))
+            return await asyncio.wrap_future(done), len(data)
         owner = _TempFile(self, target)
         try:
             props = await self.storage.download_to(item.blob_name, owner.write)
-            return await owner.commit(item.md5_hex if item.pinned else (props.md5_hex or item.md5_hex))
+            md5_hex, size = await owner.commit(expected(props))
         except BaseException:
             owner.abort()
             raise
+        with contextlib.suppress(OSError):
+            self.cache.remember(target, target.stat(), md5_hex)
+        return md5_hex, size
+
+    def write_small(self, target: Path, data: bytes, expected_md5: str | None) -> str:
+        """(A writer thread, one call.) Check, write, rename, count and remember a small download."""
+        md5_hex, st = write_whole(target, data, expected_md5, self.create_temp, _mismatch)
+        self.count_downloaded(len(data))
+        self.cache.remember(target, st, md5_hex)
+        return md5_hex
 
 
 async def _set_items(
@@ -447,6 +451,10 @@ async def _set_items(
                 md5=b.md5_hex or "",
             )
             yield DownloadItem(name, b.md5_hex, b.size, name, rec)
+
+
+def _mismatch(got: str, expected: str | None) -> ChecksumMismatch:
+    return ChecksumMismatch(f"downloaded content has MD5 {got} but the blob's Content-MD5 is {expected}; not written")
 
 
 def _reason(exc: BaseException) -> str:
@@ -541,6 +549,7 @@ async def download_items(
         raise ConfigError(f"--out {out!r} cannot be created: {exc.strerror or exc}") from None
     out_root = out_path.resolve()
     dl = _Downloader(storage, out_root, max_parallel_downloads, progress, report)
+    await asyncio.to_thread(dl.cache.load)
     try:
         async for o in ThrottleWork(max_parallel_downloads).map(dl.one, items):
             blob_name = o.item.blob_name
@@ -566,6 +575,8 @@ async def download_items(
         # for them to act on it, so the counts are final; in a thread, which asyncio.run waits for even
         # if this wait is cancelled
         await asyncio.to_thread(dl.writers.shutdown)
+        await asyncio.to_thread(dl.cache.save)
+        report.files_hashed = dl.cache.hashed
         report.records.sort(key=lambda r: r.blob_name)
         report.failures.sort(key=lambda f: (f.kind, f.item))
         report.elapsed = time.perf_counter() - started

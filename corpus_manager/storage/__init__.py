@@ -11,6 +11,7 @@ Modules, one job each:
 - ``errors``: one mapping of failures to our exceptions, and whether storage still answers this run;
 - ``http``: one retry loop (backoff, stall handling) for every request, thin or SDK; Shared Key and SAS;
 - ``blobs``: put (one request or blocks), get, download, list, delete;
+- ``reads``: the thin Get Blob and List Blobs (``listing``: the List Blobs XML, parsed safely with expat);
 - ``tables``: the table handles (``Table``), entity CRUD, group-commit batches, queries;
 - ``entities``: rows <-> the service's types (Int64), the OData filter (``Where``), batch bodies.
 
@@ -71,6 +72,11 @@ BLOCKS_IN_FLIGHT = 4
 # so a download holds about 12 MiB whatever the blob's size (the SDK's defaults: 32 MiB, then 4 MiB).
 DOWNLOAD_FIRST = 8 * 1024 * 1024
 DOWNLOAD_CHUNK = 4 * 1024 * 1024
+# The thin GET hands a body up to this size to its sink in one call (one thread hop and one write for a
+# photo); bigger ones go in chunks of at most DOWNLOAD_CHUNK. A List Blobs page holds up to LIST_PAGE
+# entries (the service's maximum: one request per set of up to 5,000 images).
+DOWNLOAD_WHOLE = 4 * 1024 * 1024
+LIST_PAGE = 5000
 # The environment switch to the SDK for every request (see above): "1", "true" or "yes".
 SDK_ENV = "CORPUS_STORAGE_SDK"
 
@@ -95,6 +101,8 @@ __all__ = [
     "CONNECT_TIMEOUT",
     "DOWNLOAD_CHUNK",
     "DOWNLOAD_FIRST",
+    "DOWNLOAD_WHOLE",
+    "LIST_PAGE",
     "PROBE_TIMEOUT",
     "READ_TIMEOUT",
     "RETRY_BACKOFF",

@@ -1,7 +1,8 @@
 """Blobs: put (one Put Blob, or blocks for a big file), get, download, list, delete.
 
-Writes are thin requests on the shared session (``http.send``) unless the fast path is off; reads and
-deletes go through the blob SDK, imported on first use only: a no-op rerun never pays for it."""
+Writes are thin requests on the shared session (``http.send``) unless the fast path is off; so are reads
+(Get Blob, List Blobs: ``reads``) whenever a read SAS can be had. Deletes, and reads without such a SAS, go
+through the blob SDK, imported on first use only: a no-op rerun never pays for it."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ from azure.core.exceptions import ResourceNotFoundError
 from .. import storage as tuning
 from ..errors import StorageError
 from ..throttle import ByteBudget
-from .clients import Connection
 from .errors import http_error
+from .reads import Reads
 
 
 @dataclass(frozen=True)
@@ -38,16 +39,21 @@ def _info(name: str, props: Any) -> BlobInfo:
     return BlobInfo(name, props.size, bytes(md5).hex() if md5 else None, settings.content_type if settings else None)
 
 
-class Blobs(Connection):
+class Blobs(Reads):
     """The blob operations of Storage."""
 
     async def list_prefix(self, prefix: str) -> dict[str, BlobInfo]:
-        """The blobs directly under a prefix (delimiter '/'), so nested sets never mix."""
+        """The blobs directly under a prefix (delimiter '/'), so nested sets never mix; size and Content-MD5
+        as the listing says. Thin (``reads``: pages of LIST_PAGE, parsed with expat) or through the SDK."""
+        from_sdk = await self._read_sas() is None
+        self.stats.blob_lists += 1
+        if not from_sdk:
+            listed = await self._thin_list(prefix, f"listing {prefix}")
+            return {b.name: BlobInfo(b.name, b.size, b.md5_hex, b.content_type) for b in listed}
         from azure.storage.blob import BlobProperties  # loaded already: self.container imports the blob SDK
 
         out: dict[str, BlobInfo] = {}
         with self.translate(f"listing {prefix}"):
-            self.stats.blob_lists += 1
             async for item in self.container.walk_blobs(name_starts_with=prefix, delimiter="/"):
                 if not isinstance(item, BlobProperties):
                     continue  # a nested prefix (another set), not a blob
@@ -206,16 +212,29 @@ class Blobs(Connection):
             raise http_error(what, status, code)
 
     async def get_blob(self, name: str) -> tuple[bytes, BlobInfo]:
+        """The whole blob in memory, and its properties (its Content-MD5 as stored)."""
+        self.stats.blob_gets += 1
+        if await self._read_sas() is not None:
+            body = bytearray()
+            a = await self._thin_get(
+                f"{self._blob_base}{quote(name, safe='/')}", f"download of {name}", "", body.extend
+            )
+            return bytes(body), BlobInfo(name, a.size, a.md5_hex, a.content_type)
         with self.translate(f"download of {name}"):
-            self.stats.blob_gets += 1
             downloader = await self.container.download_blob(name)
             data = await downloader.readall()
             return data, _info(name, downloader.properties)
 
     async def download_to(self, name: str, write: Callable[[bytes], Awaitable[object]]) -> BlobInfo:
-        """Stream a blob chunk by chunk into ``write`` (no whole-blob buffer); returns its properties."""
+        """Stream a blob into ``write`` (no whole-blob buffer): a body up to DOWNLOAD_WHOLE in one call, a bigger
+        one in chunks of at most DOWNLOAD_CHUNK, one at a time; returns its properties. A transfer cut off
+        mid-body is resumed where it stopped (``Reads._thin_get``): ``write`` sees every byte once."""
+        self.stats.blob_gets += 1
+        if await self._read_sas() is not None:
+            url = f"{self._blob_base}{quote(name, safe='/')}"
+            a = await self._thin_get(url, f"download of {name}", "", write, awaited=True)
+            return BlobInfo(name, a.size, a.md5_hex, a.content_type)
         with self.translate(f"download of {name}"):
-            self.stats.blob_gets += 1
             downloader = await self.container.download_blob(name)
             async for chunk in downloader.chunks():
                 await write(chunk)

@@ -14,7 +14,9 @@ It can also go down as a whole: ``refuse()`` closes the listening socket and eve
 (clients get ECONNREFUSED, like a closed port) until ``restore()``; or go silent: once it has seen
 ``freeze_after`` requests it reads every later request and never answers it (a hung endpoint that
 still accepts connections), counting them in ``frozen``. ``hold`` makes each blob download wait until
-that many wait at once (or ``hold_seconds`` pass), so a test can see how many ran in parallel. It runs
+that many wait at once (or ``hold_seconds`` pass), so a test can see how many ran in parallel.
+``truncate_next`` cuts the next that many blob downloads mid-body: the answer's head and half its body are
+relayed, then the connection is reset (a transfer that dies part-way, which no other fault produces). It runs
 its own event loop in a thread, so the tool under test can run ``asyncio.run`` in the test's thread.
 """
 
@@ -135,6 +137,8 @@ class FaultProxy:
         self.frozen = 0  # requests read while silent (never answered)
         self.hold = 0  # blob GETs held until this many wait at once (0: off)
         self.hold_seconds = 5.0
+        self.truncate_next = 0  # blob GETs still to cut off mid-body
+        self.truncated = 0  # blob GETs cut off so far
         self.held = 0  # blob GETs waiting now
         self.peak_held = 0
         self._released: asyncio.Event | None = None
@@ -240,6 +244,15 @@ class FaultProxy:
                 no_body = method == b"HEAD" or status in (204, 304) or 100 <= status < 200
                 resp_body = b"" if no_body else await _read_body(up_reader, resp_headers, until_eof=True)
                 if fault == "lost":
+                    _reset(writer)
+                    return
+                is_blob_get = method == b"GET" and b"restype=" not in line and b"comp=" not in line
+                if self.truncate_next and is_blob_get and status in (200, 206) and len(resp_body) > 1:
+                    self.truncate_next -= 1
+                    self.truncated += 1
+                    self.log.append(("truncate", line.decode("latin-1")))
+                    writer.write(resp_head + resp_body[: len(resp_body) // 2])
+                    await writer.drain()
                     _reset(writer)
                     return
                 writer.write(resp_head + resp_body)
