@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from corpus_manager.cli import cli
+from corpus_manager.dlcache import CACHE_NAME
 
 from .conftest import unique_png
 from .helpers import blobs, md5_of
@@ -38,7 +39,10 @@ def control(code: int) -> str:
 
 
 def files_under(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    # not download's MD5 cache (dlcache.CACHE_NAME)
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file() and p.name != CACHE_NAME
+    }
 
 
 def upload_json(root: Path, *extra: str) -> tuple[int, dict]:  # type: ignore[type-arg]
@@ -279,7 +283,11 @@ def test_every_name_round_trips_or_is_refused_with_its_reason(
 
         down = CliRunner().invoke(cli, ["download", "--out", str(out), "--corpus", corpus])
         assert down.exit_code == 0, down.output
-        back = {os.fsencode(p.relative_to(out).as_posix()): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+        back = {
+            os.fsencode(p.relative_to(out).as_posix()): p.read_bytes()
+            for p in out.rglob("*")
+            if p.is_file() and p.name != CACHE_NAME
+        }
         expected_back: dict[bytes, bytes] = {}
         for rel, data in local.items():
             *dirs, name = rel.split(b"/")

@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from corpus_manager.dlcache import CACHE_NAME
+
 from ..conftest import KEY, unique_png
 from ..helpers import blobs, rows, run
 from ..processes import alive, descendants
@@ -118,8 +120,8 @@ def test_sigint_during_download_stops_reports_keeps_no_partial_file_and_rerun_fi
     cmd = [*CLI, "download", "--out", str(out), "--manifest", str(manifest), "--max-parallel-downloads", "1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
-    def downloaded() -> list[Path]:  # every file, temporary ones too
-        return [p for p in out.rglob("*") if p.is_file()]
+    def downloaded() -> list[Path]:  # every file, temporary ones too (not the MD5 cache)
+        return [p for p in out.rglob("*") if p.is_file() and p.name != CACHE_NAME]
 
     _wait_until(lambda: len([p for p in downloaded() if p.suffix == ".png"]) >= 10, proc, "the download getting going")
     out_text, err = _ctrl_c(proc)

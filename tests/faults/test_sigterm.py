@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from corpus_manager import Corpus
+from corpus_manager.dlcache import CACHE_NAME
 from corpus_manager.download import DownloadReport, temp_path
 
 from ..conftest import KEY, unique_png
@@ -66,7 +67,8 @@ def _finish(proc: subprocess.Popen[str]) -> tuple[str, str]:
 
 # ----- download --------------------------------------------------------------------------------
 def _files(out: Path) -> list[Path]:
-    return [p for p in out.rglob("*") if p.is_file()]
+    """Every file download left under ``out`` (temporary ones too), but its MD5 cache."""
+    return [p for p in out.rglob("*") if p.is_file() and p.name != CACHE_NAME]
 
 
 def _temp_files(out: Path) -> list[Path]:
