@@ -339,7 +339,7 @@ class Connection:
                     self._container_ready = asyncio.get_running_loop().create_future()
                     self._container_ready.set_result(None)
                 else:
-                    await self.container.get_container_properties(timeout=probe)
+                    await self._probe_container(probe)
         assert self._table_service is not None
         self._probe_endpoint = self.info.table_endpoint
         if not create:
@@ -365,6 +365,10 @@ class Connection:
 
     async def _first_page(self) -> object:
         return await anext(self.sets.sdk.list_entities(results_per_page=1, select=["PartitionKey"]).by_page(), None)
+
+    async def _probe_container(self, probe: int) -> None:
+        """Does the container exist? (``reads.Reads`` answers with a thin listing, no blob SDK.)"""
+        await self.container.get_container_properties(timeout=probe)
 
     async def ensure_container(self) -> None:
         """Create the container once per run (concurrent callers wait for the one request)."""

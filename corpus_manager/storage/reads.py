@@ -65,6 +65,14 @@ class Reads(Connection):
     _rsas: str | None = None  # the read/list SAS; "" once known that none can be had
     _rsas_expiry = 0.0
 
+    async def _probe_container(self, probe: int) -> None:
+        """The container exists: one List Blobs of at most one entry (404 ContainerNotFound if not), so
+        reading (download, query) never imports the blob SDK (~0.2 s of start-up CPU)."""
+        if await self._read_sas() is None:
+            return await super()._probe_container(probe)
+        query = "restype=container&comp=list&maxresults=1"
+        await self._thin_get(self._blob_base.rstrip("/"), f"container {self.corpus}", query, lambda _: None, whole=True)
+
     async def _thin_list(self, prefix: str, what: str) -> list[ListedBlob]:
         """Every blob directly under ``prefix`` (delimiter '/'), page after page of LIST_PAGE."""
         out: list[ListedBlob] = []
