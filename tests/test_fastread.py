@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -318,3 +320,23 @@ def test_a_missing_blob_is_not_found(conn: str, corpus_name: str) -> None:
 
     with pytest.raises(NotFound, match=r"download of x/none\.png: not found"):
         with_storage(conn, corpus_name, fn)
+
+
+def test_a_download_and_its_rerun_never_import_the_blob_sdk(conn: str, corpus_name: str, tmp_path: Path) -> None:
+    """Listing, GET and the container probe are thin requests: the blob SDK's start-up cost is never paid."""
+    upload_tree(conn, corpus_name, tmp_path, sets=1, per_set=2)
+    probe = (
+        "import json, sys\n"
+        "from corpus_manager.cli import cli\n"
+        "try:\n"
+        "    cli.main(sys.argv[1:], standalone_mode=False)\n"
+        "finally:\n"
+        "    print(json.dumps('azure.storage.blob' in sys.modules), file=sys.stderr)\n"
+    )
+    out = tmp_path / "out"
+    for expected in (2, 0):  # the first download, then the no-op rerun
+        args = ["download", "--out", str(out), "--corpus", corpus_name, "--json"]
+        proc = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["files"]["downloaded"] == expected
+        assert json.loads(proc.stderr.strip().splitlines()[-1]) is False
