@@ -173,6 +173,7 @@ class DownloadReport:
             "failures": [f.to_json() for f in self.failures],
             "warnings": self.warnings,
             "retries": self.retries,
+            "files_hashed": self.files_hashed,  # local files hashed to compare (0 on a rerun of unchanged files)
         }
 
 

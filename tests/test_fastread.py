@@ -196,6 +196,7 @@ def test_a_rerun_downloads_nothing_and_hashes_nothing_unchanged(conn: str, corpu
 
     rerun = download(conn, corpus_name, out)
     assert (rerun.files_downloaded, rerun.files_present, rerun.files_hashed) == (0, 12, 0)
+    assert rerun.to_json()["files_hashed"] == 0
 
     # a file changed locally (same size, new mtime) is hashed again and, not matching, fetched again
     victim = out / "original" / "birds" / "set1" / "v1" / "2.png"
