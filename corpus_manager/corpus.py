@@ -9,6 +9,7 @@ from .config import connection_from_settings, corpus_from_settings
 from .download import DownloadReport, download_sets
 from .models import ImageTransform
 from .query import QueryFilter, QueryResult, open_for_reading, query_sets
+from .release import Release, ReleaseDefinition, ReleaseReport, create_release, load_release
 from .results import ProgressSink
 from .status import StatusReport, corpus_status
 from .storage import Storage
@@ -203,6 +204,44 @@ class Corpus:
         """The registered transforms, sorted by (name, version)."""
         await open_for_reading(self.storage)
         return await list_transforms(self.storage)
+
+    # ----- releases (corpus_manager.release) --------------------------------------------------
+    async def create_release(
+        self,
+        name: str,
+        tags: tuple[str, ...] | list[str] | str = (),
+        *,
+        any_tag: bool = False,
+        version: str | None = None,
+        transform: str | None = None,
+        originals: bool = False,
+        split: str | None = None,
+        split_by: str = "set",
+        seed: int = 0,
+        label: str = "leaf",
+        progress: ProgressSink | None = None,
+    ) -> ReleaseReport:
+        """Create release ``name``: the complete sets ``query`` would select, their images pinned by
+        blob name and MD5, labelled (``label``: ``"leaf"`` or ``"T1,T2"``) and split (``split`` like
+        ``"train=80,val=10,test=10"``, by ``split_by`` ``"set"`` or ``"image"``, placed by ``seed``).
+        The same name and definition again returns the existing release and writes nothing."""
+        definition = ReleaseDefinition.make(
+            _tag_tuple(tags),
+            any_tag=any_tag,
+            version=version,
+            transform=transform,
+            originals=originals,
+            split=split,
+            split_by=split_by,
+            seed=seed,
+            label=label,
+        )
+        return await create_release(self.storage, name, definition, progress=progress)
+
+    async def release(self, name: str) -> Release:
+        """Release ``name``: its row's fields and its manifest records (iterate it, or ``.records``)."""
+        await open_for_reading(self.storage)
+        return await load_release(self.storage, name)
 
 
 def _tag_tuple(tags: tuple[str, ...] | list[str] | str) -> tuple[str, ...]:

@@ -217,6 +217,8 @@ class SyncCorpus:
     status = _blocking(Corpus.status)
     transform = _blocking(Corpus.transform)
     transforms = _blocking(Corpus.transforms)
+    create_release = _blocking(Corpus.create_release)
+    release = _blocking(Corpus.release)
 
 
 __all__ = ["SyncCorpus"]
