@@ -7,10 +7,20 @@ from typing import Any
 
 from .config import connection_from_settings, corpus_from_settings
 from .download import DownloadReport, download_sets
+from .errors import ConfigError, CorpusError
 from .models import ImageTransform
 from .query import QueryFilter, QueryResult, open_for_reading, query_sets
-from .release import Release, ReleaseDefinition, ReleaseReport, create_release, load_release
-from .results import ProgressSink
+from .release import Release, ReleaseDefinition, ReleaseReport, create_release, list_release_rows, load_release
+from .release.fetch import download_release
+from .release.inspect import (
+    ReleaseDiff,
+    VerifyReleaseReport,
+    diff_releases,
+    list_releases,
+    release_sets,
+    verify_release,
+)
+from .results import Failure, ProgressSink
 from .status import StatusReport, corpus_status
 from .storage import Storage
 from .transform import TransformReport, list_transforms, parse_spec, run_transform
@@ -95,11 +105,17 @@ class Corpus:
         version: str | None = None,
         transform: str | None = None,
         originals: bool = False,
+        release: str | None = None,
     ) -> QueryResult:
         """The complete sets with all ``tags`` (any of them with ``any_tag``; case-insensitive), of
         ``version``, made by ``transform`` (``NAME`` or ``NAME@TV``) or ``originals`` only; sorted by
-        (path, version, transform). No tags: every complete set."""
+        (path, version, transform). No tags: every complete set. ``release``: the sets release NAME uses
+        (with its images of each), instead of the filters."""
         filters = QueryFilter(_tag_tuple(tags), any_tag, version, transform, originals)
+        if release is not None:
+            _release_alone(filters)
+            await open_for_reading(self.storage)
+            return release_sets(await load_release(self.storage, release))
         await open_for_reading(self.storage)
         return await query_sets(self.storage, filters)
 
@@ -116,15 +132,37 @@ class Corpus:
         max_parallel_downloads: int = 20,
         progress: ProgressSink | None = None,
         report: DownloadReport | None = None,
+        release: str | None = None,
+        split: str | None = None,
+        layout: str = "blob",
     ) -> DownloadReport:
         """Download the images of the sets ``query`` would return into ``out`` (by blob name), and
-        write ``manifest`` (``.jsonl`` or ``.csv``) if given."""
+        write ``manifest`` (``.jsonl`` or ``.csv``) if given. ``release``: the images of release NAME
+        instead (only its ``split``, if given), laid out by blob name or, with ``layout="imagefolder"``,
+        as ``{split}/{label}/{file}``."""
         filters = QueryFilter(_tag_tuple(tags), any_tag, version, transform, originals)
+        if release is None and (split is not None or layout != "blob"):
+            raise ConfigError("--split and --layout need --release")
+        if release is not None:
+            _release_alone(filters)
         self.storage.pool_size = max(self.storage.pool_size, max_parallel_downloads)
         before = self.storage.stats.retries
         await open_for_reading(self.storage)
         result = report
         try:
+            if release is not None:
+                result = await download_release(
+                    self.storage,
+                    release,
+                    out,
+                    split=split,
+                    layout=layout,
+                    manifest=manifest,
+                    max_parallel_downloads=max_parallel_downloads,
+                    progress=progress,
+                    report=report,
+                )
+                return result
             result = await download_sets(
                 self.storage,
                 out,
@@ -151,9 +189,16 @@ class Corpus:
         sets that have no tag rows; ``verify`` lists every complete set and sets back to pending those
         whose blobs storage lost (one listing per set: see ``corpus_manager.verify``)."""
         await open_for_reading(self.storage)
-        return await corpus_status(
+        report = await corpus_status(
             self.storage, repair=repair, verify=verify, max_parallel_upserts=max_parallel_upserts, progress=progress
         )
+        try:
+            releases = await list_release_rows(self.storage)
+        except CorpusError as exc:  # a corrupt release row: named, the rest of the status stands
+            report.problems.append(Failure(f"{self.storage.releases.table_name}", str(exc), "corrupt"))
+        else:
+            report.releases = [{"name": r.name, "images": r.images, "created": r.created} for r in releases]
+        return report
 
     async def transform(
         self,
@@ -242,6 +287,40 @@ class Corpus:
         """Release ``name``: its row's fields and its manifest records (iterate it, or ``.records``)."""
         await open_for_reading(self.storage)
         return await load_release(self.storage, name)
+
+    async def releases(self, *, containing: str | None = None) -> list[Release]:
+        """Every release (rows only, no records), by name; ``containing`` (``PATH[@VERSION]``): only those
+        that use that set, directly or through a transform output made from it."""
+        await open_for_reading(self.storage)
+        return await list_releases(self.storage, containing)
+
+    async def diff_releases(self, a: str, b: str) -> ReleaseDiff:
+        """Images only in release ``a``, only in ``b``, and those whose MD5 differs."""
+        await open_for_reading(self.storage)
+        return await diff_releases(self.storage, a, b)
+
+    async def verify_release(
+        self,
+        name: str,
+        *,
+        deep: bool = False,
+        max_parallel_downloads: int = 20,
+        progress: ProgressSink | None = None,
+    ) -> VerifyReleaseReport:
+        """Check every image of release ``name`` against storage: exists, size, stored Content-MD5
+        (one listing per set); ``deep`` re-reads every byte and recomputes its MD5."""
+        self.storage.pool_size = max(self.storage.pool_size, max_parallel_downloads)
+        await open_for_reading(self.storage)
+        return await verify_release(
+            self.storage, name, deep=deep, max_parallel_downloads=max_parallel_downloads, progress=progress
+        )
+
+
+def _release_alone(filters: QueryFilter) -> None:
+    if filters != QueryFilter():
+        raise ConfigError(
+            "--release and the query filters (--tag, --any, --version, --transform, --originals) exclude each other"
+        )
 
 
 def _tag_tuple(tags: tuple[str, ...] | list[str] | str) -> tuple[str, ...]:

@@ -67,12 +67,14 @@ def write_manifest(path: str, records: Sequence[Record]) -> None:
                 for r in records:
                     fh.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
             else:
+                # a release's records add columns (label, split) after the usual ones
+                fields = list(records[0].to_json()) if records else list(MANIFEST_FIELDS)
                 writer = csv.writer(fh)
-                writer.writerow(MANIFEST_FIELDS)
+                writer.writerow(fields)
                 for r in records:
                     cells = r.to_json()
                     cells["tags"] = json.dumps(r.tags, ensure_ascii=False)  # one unambiguous cell
-                    writer.writerow([neutralise_cell(cells[k]) for k in MANIFEST_FIELDS])
+                    writer.writerow([neutralise_cell(cells[k]) for k in fields])
         os.replace(temp, target)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -74,6 +74,7 @@ class StatusReport:
     problems: list[Failure] = field(default_factory=list)
     verified: int | None = None  # --verify: complete sets whose listing was checked
     demoted: list[str] = field(default_factory=list)  # --verify: complete sets that did not match, now pending
+    releases: list[dict[str, Any]] = field(default_factory=list)  # name, images, created (Corpus.status fills it)
 
     @property
     def exit_code(self) -> int:
@@ -96,6 +97,7 @@ class StatusReport:
             "transforms": [t.to_json() for t in self.transforms],
             "tags": [{"tag": t, "sets": n} for t, n in self.tags],
             "repaired": self.repaired,
+            "releases": self.releases,
             "problems": [p.to_json() for p in self.problems],
             # with --verify only: complete sets listed, and those set back to pending ("label: why")
             **({"verified": self.verified, "demoted": self.demoted} if self.verified is not None else {}),

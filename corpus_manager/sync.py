@@ -219,6 +219,9 @@ class SyncCorpus:
     transforms = _blocking(Corpus.transforms)
     create_release = _blocking(Corpus.create_release)
     release = _blocking(Corpus.release)
+    releases = _blocking(Corpus.releases)
+    diff_releases = _blocking(Corpus.diff_releases)
+    verify_release = _blocking(Corpus.verify_release)
 
 
 __all__ = ["SyncCorpus"]

@@ -38,6 +38,7 @@ from .app import (
     default=None,
     help="Output format. Default: table on a terminal, JSON otherwise.",
 )
+@click.option("--release", default=None, metavar="NAME", help="The sets release NAME uses (instead of the filters).")
 @output_options
 @connection_options
 def query(
@@ -47,6 +48,7 @@ def query(
     transform: str | None,
     originals: bool,
     fmt: str | None,
+    release: str | None,
     as_json: bool,
     connection_string: str | None,
     account_url: str | None,
@@ -60,7 +62,7 @@ def query(
 
     async def go() -> QueryResult:
         async with _open(connection_string, account_url, corpus) as c:
-            return await c.query(**filters)
+            return await c.query(release=release, **filters)
 
     result = _run(go)
     _print_failures(result.problems)
@@ -132,6 +134,15 @@ def format_query_table(result: QueryResult) -> str:
     show_default=True,
     help="Blob transfers in flight at once.",
 )
+@click.option("--release", default=None, metavar="NAME", help="The images of release NAME (instead of the filters).")
+@click.option("--split", default=None, metavar="S", help="With --release: only the images of split S.")
+@click.option(
+    "--layout",
+    type=click.Choice(["blob", "imagefolder"]),
+    default="blob",
+    show_default=True,
+    help="With --release: by blob name, or as DIR/{split}/{label}/{file} (torchvision's ImageFolder).",
+)
 @output_options
 @connection_options
 def download(
@@ -143,6 +154,9 @@ def download(
     out: str,
     manifest: str | None,
     max_parallel_downloads: int,
+    release: str | None,
+    split: str | None,
+    layout: str,
     as_json: bool,
     connection_string: str | None,
     account_url: str | None,
@@ -161,6 +175,9 @@ def download(
                     max_parallel_downloads=max_parallel_downloads,
                     progress=bar,
                     report=partial,
+                    release=release,
+                    split=split,
+                    layout=layout,
                     **filters,
                 )
 
@@ -290,6 +307,10 @@ def format_status(r: StatusReport, top: int = 10) -> str:
             lines.append(
                 f"    {t.label.ljust(width)}  from {t.source}: {t.done} done, {t.missing} missing{extra}{unreg}"
             )
+    if r.releases:
+        lines.append(f"  releases    {len(r.releases)}:")
+        width = max(len(x["name"]) for x in r.releases)
+        lines += [f"    {x['name'].ljust(width)}  {x['images']} images, created {x['created']}" for x in r.releases]
     if r.tags:
         shown = r.tags[:top]
         more = f" (top {len(shown)} of {len(r.tags)}; --json lists all)" if len(r.tags) > len(shown) else ""

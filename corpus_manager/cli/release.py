@@ -8,10 +8,13 @@ import click
 
 from ..progress import BarProgress, human_bytes
 from ..release import Release, ReleaseDefinition, ReleaseReport
+from ..release.inspect import ReleaseDiff, VerifyReleaseReport
 from .app import (
+    _err,
     _filters,
     _joined,
     _open,
+    _print_failures,
     _print_json,
     _run,
     cli,
@@ -149,3 +152,134 @@ def release_show(name: str, as_json: bool, connection_string: str | None, accoun
         _print_json(rel.to_json())
     else:
         click.echo(format_release(rel, left_out=rel.left_out, detail=True))
+
+
+@release.command("list")
+@click.option(
+    "--containing",
+    default=None,
+    metavar="PATH[@VERSION]",
+    help="Only the releases that use this set (directly or through a transform output made from it).",
+)
+@output_options
+@connection_options
+def release_list(
+    containing: str | None, as_json: bool, connection_string: str | None, account_url: str | None, corpus: str
+) -> None:
+    """List the releases: name, images, splits, created."""
+
+    async def go() -> list[Release]:
+        async with _open(connection_string, account_url, corpus) as c:
+            return await c.releases(containing=containing)
+
+    releases = _run(go)
+    if as_json:
+        _print_json([r.to_json() for r in releases])
+        return
+    if releases:
+        click.echo(format_release_list(releases))
+    _err(f"{len(releases)} releases" + (f" using {containing}" if containing else ""))
+
+
+def format_release_list(releases: list[Release]) -> str:
+    head = ("NAME", "IMAGES", "BYTES", "CREATED", "SPLITS")
+    body = [(r.name, str(r.images), human_bytes(r.bytes), r.created, _counts(r.splits)) for r in releases]
+    widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head) - 1)]
+    lines = []
+    for row in [head, *body]:
+        cells = [row[i].rjust(widths[i]) if i in (1, 2) else row[i].ljust(widths[i]) for i in range(len(widths))]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    return _joined(lines)
+
+
+@release.command("diff")
+@click.argument("a")
+@click.argument("b")
+@output_options
+@connection_options
+def release_diff(
+    a: str, b: str, as_json: bool, connection_string: str | None, account_url: str | None, corpus: str
+) -> None:
+    """Images only in release A, only in B, and those whose MD5 differs, with counts per label and split."""
+
+    async def go() -> ReleaseDiff:
+        async with _open(connection_string, account_url, corpus) as c:
+            return await c.diff_releases(a, b)
+
+    diff = _run(go)
+    if as_json:
+        _print_json(diff.to_json())
+    else:
+        click.echo(format_diff(diff))
+
+
+def format_diff(d: ReleaseDiff, limit: int = 20) -> str:
+    lines = [f"Releases {d.a} and {d.b}: {d.same} images the same"]
+    counts = d.counts()
+    for key, title, records in (
+        ("only_a", f"only in {d.a}", d.only_a),
+        ("only_b", f"only in {d.b}", d.only_b),
+        ("changed", "MD5 changed", d.changed),
+    ):
+        c = counts[key]
+        extra = f" (labels: {_counts(c['labels'])}; splits: {_counts(c['splits'])})" if records else ""
+        lines.append(f"  {title}: {len(records)} images{extra}")
+        lines += [f"    {r['blob_name']}" for r in records[:limit]]
+        if len(records) > limit:
+            lines.append(f"    ... and {len(records) - limit} more (--json lists all)")
+    return _joined(lines)
+
+
+@release.command("verify")
+@click.argument("name")
+@click.option(
+    "--deep", is_flag=True, help="Re-read every byte and recompute its MD5 (not only the stored Content-MD5)."
+)
+@click.option(
+    "--max-parallel-downloads",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="Blobs read at once with --deep.",
+)
+@output_options
+@connection_options
+def release_verify(
+    name: str,
+    deep: bool,
+    max_parallel_downloads: int,
+    as_json: bool,
+    connection_string: str | None,
+    account_url: str | None,
+    corpus: str,
+) -> None:
+    """Check that every image of release NAME is stored with its size and MD5 (exit 1 naming each that is not)."""
+
+    async def go() -> VerifyReleaseReport:
+        async with _open(connection_string, account_url, corpus, max_parallel_downloads) as c:
+            with BarProgress("verify", enabled=None if deep else False) as bar:
+                return await c.verify_release(
+                    name, deep=deep, max_parallel_downloads=max_parallel_downloads, progress=bar
+                )
+
+    report = _run(go)
+    if as_json:
+        _print_json(report.to_json())
+    else:
+        _print_failures(report.failures)
+        click.echo(format_verify(report))
+    sys.exit(report.exit_code)
+
+
+def format_verify(r: VerifyReleaseReport) -> str:
+    how = "every byte re-read" if r.deep else "sizes and stored Content-MD5s from listings"
+    if r.failures:
+        head = (
+            f"Release {r.release}: {len(r.failures)} of {r.images} images do not match ({how}; listed above on stderr)"
+        )
+    else:
+        head = f"Release {r.release}: all {r.images} images match ({how})"
+    lines = [head]
+    if r.deep:
+        lines.append(f"  read        {human_bytes(r.bytes_read)} in {r.elapsed:.1f} s")
+    return _joined(lines)
