@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on a local Azurite: make a sample corpus, upload it, upload again (nothing to do),
-# transform it into a new versioned set, query both, and pull a slice back out with its manifest.
+# transform it into a new versioned set, query both, and pull a slice back out with its manifest;
+# then pin the originals as a release, show it, and download its train split as an image folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
@@ -22,3 +23,8 @@ echo '$ head -n 1 .demo/out/manifest.jsonl'
 head -n 1 .demo/out/manifest.jsonl
 echo
 run corpus status
+run corpus release create demo-v1 --originals --split train=60,val=20,test=20
+run corpus release show demo-v1
+run corpus download --release demo-v1 --split train --layout imagefolder --out .demo/train
+echo '$ find .demo/train -type f | sort'
+find .demo/train -type f | sort
