@@ -23,8 +23,8 @@ echo '$ head -n 1 .demo/out/manifest.jsonl'
 head -n 1 .demo/out/manifest.jsonl
 echo
 run corpus status
-run corpus release create demo-v1 --originals --split train=60,val=20,test=20
+run corpus release create demo-v1 --originals --split train=60,val=20,test=20 --seed 1
 run corpus release show demo-v1
-run corpus download --release demo-v1 --split train --layout imagefolder --out .demo/train
-echo '$ find .demo/train -type f | sort'
-find .demo/train -type f | sort
+run corpus download --release demo-v1 --split train --layout imagefolder --out .demo/release
+echo '$ find .demo/release -type f | sort'
+find .demo/release -type f | sort
