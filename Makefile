@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv/bin
 
-.PHONY: setup demo test test-stress lint bench bench-download bench-query bench-transform bench-distributed bench-responsiveness azurite-start azurite-stop clean
+.PHONY: setup demo test test-stress lint bench bench-download bench-query bench-release bench-transform bench-distributed bench-responsiveness azurite-start azurite-stop clean
 
 setup:
 	@scripts/setup.sh
@@ -37,6 +37,10 @@ bench-download:
 bench-query:
 	@EXTRA_APT="rclone libsecret-1-0" scripts/setup.sh
 	$(VENV)/python -m bench --suite query
+
+bench-release:
+	@EXTRA_APT="rclone libsecret-1-0" scripts/setup.sh
+	$(VENV)/python -m bench --suite release
 
 bench-transform: setup
 	$(VENV)/python -m bench --suite transform

@@ -33,11 +33,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--suite",
-        choices=["upload", "query", "transform", "bigfiles", "download"],
+        choices=["upload", "query", "transform", "bigfiles", "download", "release"],
         default="upload",
         help="Which benchmark suite: upload (issue 5), query (query + download, issue 3), transform "
-        "(issue 4), bigfiles (three 800 MB images and the block threshold, issue 11.2) or download (issue 15: first "
-        "download, no-op rerun, 2 MB files, one 1 GiB blob, beside rclone, AzCopy and a bare GET loop).",
+        "(issue 4), bigfiles (three 800 MB images and the block threshold, issue 11.2), download (issue 15: first "
+        "download, no-op rerun, 2 MB files, one 1 GiB blob, beside rclone, AzCopy and a bare GET loop) or release "
+        "(issue 14: release create and verify --deep beside rclone).",
     )
     p.add_argument(
         "--scenario",
