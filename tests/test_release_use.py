@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from azure.storage.blob import ContentSettings
 
+from corpus_manager import SyncCorpus
 from corpus_manager.progress import human_bytes
 from corpus_manager.storage import Storage
 
@@ -294,3 +295,16 @@ def test_download_release_checks_the_pinned_md5(fresh: KnownCorpus, tmp_path: Pa
     assert res.exit_code == 1
     assert name in res.stderr and "not written" in res.stderr
     assert files_under(tmp_path / "o") == []
+
+
+def test_library_list_diff_verify(known: KnownCorpus) -> None:
+    with SyncCorpus(known.name, connection_string=known.conn) as c:
+        assert [r.name for r in c.releases()] == ["all", "charcoal", "robins"]
+        assert [r.name for r in c.releases(containing="Blue/sky")] == ["all"]
+        diff = c.diff_releases("robins", "charcoal")
+        assert (len(diff.only_a), len(diff.only_b), diff.changed, diff.same) == (4, 0, [], 2)
+        report = c.verify_release("charcoal", deep=True, max_parallel_downloads=2)
+        assert (report.exit_code, report.checked, report.failures) == (0, 2, [])
+        assert report.bytes_read == sum(r["bytes"] for r in c.release("charcoal"))
+        found = c.query(release="charcoal")
+        assert [(s.path, s.transform_name, s.images) for s in found.sets] == [("red/angry/robin", "charcoal", 2)]

@@ -5,6 +5,10 @@ prefix, with their sizes and Content-MD5s), never one request per image; a trans
 read once for its ``SourceSet``. A set whose listing disagrees with its row (blobs lost, or no
 Content-MD5) stops the create with nothing written: a release must never pin a partial set.
 The manifest blob is written first, then the row, so a row never points at a missing manifest.
+Two runs creating one NAME at once: the row is inserted, never overwritten, so one wins and the other
+gets its release back (same definition) or exit 2; if their selections differed (sets added between
+them), the loser's manifest may have replaced the winner's blob, and every reader (``read_manifest``)
+then refuses it for not matching the row's sha256 (exit 1) rather than using another selection.
 """
 
 from __future__ import annotations

@@ -174,11 +174,11 @@ async def verify_release(
                 report.failures.append(
                     Failure(r["blob_name"], f"stored Content-MD5 {blob.md5_hex}, the manifest says {r['md5']}")
                 )
+            elif deep:
+                listed_ok.append(r)  # checked once its bytes are read again
             else:
-                listed_ok.append(r)
-                report.checked += 0 if deep else 1
-                if not deep:
-                    progress.advance(files=1)
+                report.checked += 1
+                progress.advance(files=1)
     if deep:
         async for d in ThrottleWork(max_parallel_downloads).map(lambda r: _reread(storage, r), listed_ok):
             r = d.item
