@@ -26,5 +26,5 @@ run corpus status
 run corpus release create demo-v1 --originals --split train=60,val=20,test=20 --seed 1
 run corpus release show demo-v1
 run corpus download --release demo-v1 --split train --layout imagefolder --out .demo/release
-echo '$ find .demo/release -type f | sort'
-find .demo/release -type f | sort
+echo '$ find .demo/release/train -type f | sort'
+find .demo/release/train -type f | sort

@@ -11,6 +11,7 @@ import pytest
 from azure.storage.blob import ContentSettings
 
 from corpus_manager import SyncCorpus
+from corpus_manager.dlcache import CACHE_NAME
 from corpus_manager.progress import human_bytes
 from corpus_manager.storage import Storage
 
@@ -35,7 +36,8 @@ def fresh(azurite: Azurite, tmp_path: Path) -> KnownCorpus:
 
 
 def files_under(root: Path) -> list[str]:
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    """The files download wrote under ``root``, without its MD5 cache."""
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name != CACHE_NAME)
 
 
 def h(blob: str) -> str:
