@@ -145,7 +145,11 @@ def image_bytes(kind: str = "png", size: str = "16x16", color: str = "red") -> b
     key = (kind, size, color)
     if key not in _IMAGE_CACHE:
         source = color if ":" in color else f"xc:{color}"  # e.g. "plasma:" for a busy image
-        out = subprocess.run(["convert", "-size", size, source, f"{kind}:-"], check=True, capture_output=True)
+        # -seed: plasma is random otherwise, and a test cutting an image at a fixed point must see the
+        # same bytes every run (a GIF cut just after a 0x3B byte reads as whole to the tail check)
+        # (PNG: no date chunks, so the same bytes every run too)
+        cmd = ["convert", "-seed", "1", "-size", size, source, "-define", "png:exclude-chunk=date,time", f"{kind}:-"]
+        out = subprocess.run(cmd, check=True, capture_output=True)
         _IMAGE_CACHE[key] = out.stdout
     return _IMAGE_CACHE[key]
 
