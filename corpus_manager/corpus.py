@@ -20,6 +20,8 @@ from .release.inspect import (
     release_sets,
     verify_release,
 )
+from .report import ReportModel
+from .report.run import check_out, run_report
 from .results import Failure, ProgressSink
 from .status import StatusReport, corpus_status
 from .storage import Storage
@@ -244,6 +246,33 @@ class Corpus:
             )
         finally:
             report.retries = self.storage.stats.retries - before
+
+    async def report(
+        self,
+        out: str,
+        tags: tuple[str, ...] | list[str] | str = (),
+        *,
+        any_tag: bool = False,
+        version: str | None = None,
+        transform: str | None = None,
+        originals: bool = False,
+        per_set: int = 12,
+        workers: int | None = None,
+        pool: Executor | None = None,
+        progress: ProgressSink | None = None,
+    ) -> ReportModel:
+        """Write a static report of the sets ``query`` would return into the folder ``out``
+        (``out/index.html``, its pages and thumbnails): totals, charts, and per set a contact sheet of up
+        to ``per_set`` images with their transform outputs beside them. Thumbnails are made in ``pool``
+        (or a pool of ``workers`` processes) and cached in the container under ``thumbs/``, so a later
+        report makes only the missing ones. Returns the model: what was shown, thumbnails made and
+        cached, the images shown as placeholders (undecodable) with the reason."""
+        filters = QueryFilter(_tag_tuple(tags), any_tag, version, transform, originals)
+        check_out(out)  # a usage error before storage is reached
+        await open_for_reading(self.storage)
+        return await run_report(
+            self.storage, out, filters, per_set=per_set, workers=workers, pool=pool, progress=progress
+        )
 
     async def transforms(self) -> list[ImageTransform]:
         """The registered transforms, sorted by (name, version)."""

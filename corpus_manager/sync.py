@@ -222,6 +222,7 @@ class SyncCorpus:
     releases = _blocking(Corpus.releases)
     diff_releases = _blocking(Corpus.diff_releases)
     verify_release = _blocking(Corpus.verify_release)
+    report = _blocking(Corpus.report)
 
 
 __all__ = ["SyncCorpus"]

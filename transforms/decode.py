@@ -74,9 +74,12 @@ def _check_size(width: int, height: int, limits: Limits) -> None:
         )
 
 
-def _read(image: Image, data: bytes, kind: str, *, ping: bool) -> None:
+def _read(image: Image, data: bytes, kind: str, *, ping: bool, size_hint: tuple[int, int] | None = None) -> None:
     # The coder is forced from the sniffed kind; the "file name" is a constant of ours, never the blob
     # name, and "[0]" makes multi-frame readers (GIF, TIFF) stop after the first frame.
+    if size_hint is not None and kind == "jpeg":
+        # shrink-on-load: libjpeg decodes at 1/2, 1/4 or 1/8 scale, no smaller than the hint
+        library.MagickSetOption(image.wand, b"jpeg:size", f"{size_hint[0]}x{size_hint[1]}".encode())
     library.MagickSetFormat(image.wand, CODERS[kind].encode())
     library.MagickSetFilename(image.wand, f"image.{kind}[0]".encode())
     reader = library.MagickPingImageBlob if ping else library.MagickReadImageBlob
@@ -96,8 +99,9 @@ def _read(image: Image, data: bytes, kind: str, *, ping: bool) -> None:
     raise ImageError(f"could not decode the {kind.upper()} image: {clean_message(error)}")
 
 
-def open_image(data: bytes, limits: Limits) -> tuple[Image, str]:
-    """Decode `data` (first frame only) within `limits`; returns the image and its kind.
+def open_image(data: bytes, limits: Limits, *, size_hint: tuple[int, int] | None = None) -> tuple[Image, str]:
+    """Decode `data` (first frame only) within `limits`; returns the image and its kind. `size_hint`: the
+    smallest size the caller needs, so a JPEG may be decoded at a fraction of its size (thumbnails).
 
     Raises ImageError for anything but a decodable JPEG/PNG/GIF/BMP/TIFF/WebP within the limits.
     Run inside `time_limit()`.
@@ -117,7 +121,7 @@ def open_image(data: bytes, limits: Limits) -> tuple[Image, str]:
     image = Image()
     try:
         capi.set_progress_monitor(image.wand, _MONITOR)  # watches the decode too: see transforms.capi
-        _read(image, data, kind, ping=False)
+        _read(image, data, kind, ping=False, size_hint=size_hint)
         check_time(limits)
         if image.width == 0 or image.height == 0:  # JPEG garbage can "decode" with only warnings
             raise ImageError(f"could not decode the {kind.upper()} image: it holds no pixels")

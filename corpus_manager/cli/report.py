@@ -1,0 +1,93 @@
+"""Seeing the corpus: `corpus report`, a static site of charts and contact sheets."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from ..progress import BarProgress, human_bytes
+from ..report import ReportModel
+from .app import (
+    _filters,
+    _joined,
+    _open,
+    _print_failures,
+    _print_json,
+    _run,
+    cli,
+    connection_options,
+    output_options,
+    query_options,
+)
+
+
+@cli.command()
+@query_options
+@click.option("--out", required=True, metavar="DIR", help="The report's folder: DIR/index.html and its images.")
+@click.option(
+    "--per-set",
+    type=click.IntRange(min=1),
+    default=12,
+    show_default=True,
+    help="Images shown per set (the first by file name), each with its transform outputs beside it.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Processes making thumbnails (default: one per core).",
+)
+@output_options
+@connection_options
+def report(
+    tags: tuple[str, ...],
+    any_tag: bool,
+    version: str | None,
+    transform: str | None,
+    originals: bool,
+    out: str,
+    per_set: int,
+    workers: int | None,
+    as_json: bool,
+    connection_string: str | None,
+    account_url: str | None,
+    corpus: str,
+) -> None:
+    """Write a static report of the matching complete sets into --out: totals, charts, and a contact
+    sheet per set with its transform outputs beside it. Opens from disk, no network needed."""
+    filters = _filters(tags, any_tag, version, transform, originals)
+
+    async def go() -> ReportModel:
+        async with _open(connection_string, account_url, corpus) as c:
+            with BarProgress("thumbnails", show_bytes=False) as bar:
+                return await c.report(out, per_set=per_set, workers=workers, progress=bar, **filters)
+
+    model = _run(go)
+    if as_json:
+        _print_json(model.to_json())
+    else:
+        _print_failures(model.failures)
+        click.echo(format_report(model))
+    sys.exit(model.exit_code)
+
+
+def format_report(m: ReportModel) -> str:
+    lines = [
+        f"Report of {m.sets} sets ({len(m.groups)} source sets with their outputs), {m.images} images, "
+        f"{human_bytes(m.bytes)}: {m.shown} shown, {len(m.pages)} page{'s' if len(m.pages) != 1 else ''}",
+        f"  thumbnails: {m.thumbs_made} made, {m.thumbs_cached} from the cache",
+    ]
+    if m.placeholders:
+        lines.append(f"  {len(m.placeholders)} images shown as placeholders (could not be decoded):")
+        lines += [f"    {p.item}: {p.reason}" for p in m.placeholders[:10]]
+        if len(m.placeholders) > 10:
+            lines.append(f"    ... and {len(m.placeholders) - 10} more (use --json for the full list)")
+    if m.failures:
+        lines.append(f"  {len(m.failures)} items could not be read (listed above on stderr)")
+    lines.append(f"Open: file://{os.path.abspath(m.index)}")
+    return _joined(lines)
+
+
+__all__ = ["format_report", "report"]

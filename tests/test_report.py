@@ -1,0 +1,170 @@
+"""`corpus report` on a real Azurite with real ImageMagick, opened in a real (headless) Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+from concurrent.futures import Executor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from corpus_manager.cli import cli
+from corpus_manager.report import Bar, ReportModel, cache_prefix, environment
+from corpus_manager.report.render import render
+
+from .browser import Browser, browser  # noqa: F401  (the fixture)
+from .conftest import unique_png, write_image
+from .helpers import blobs, run
+
+HOSTILE = ["<script>alert(1)", "a#b?c%20d", "ünïcødé 鳥 🐦"]
+# What undecodable-but-whole looks like: a JPEG's start and end markers around garbage. Upload's cheap
+# checks (magic bytes, end marker) accept it; only a decode finds out.
+BROKEN = "original/birds/broken/v1/broken.jpg"
+CORRUPT_JPEG = b"\xff\xd8\xff\xe0" + b"not really a jpeg " * 20 + b"\xff\xd9"
+
+
+@pytest.fixture
+def hostile_corpus(conn: str, corpus_name: str, tmp_path: Path, pool: Executor) -> dict[str, Any]:
+    """Sets with hostile names, a corrupt image, and a transform of every set."""
+    root = tmp_path / "photos"
+    n = 0
+    for name in HOSTILE:
+        for i in range(2):
+            n += 1
+            unique_png(root / "birds" / name / f"img{i}.png", n, size="40x30")
+    write_image(root / "birds" / "robin" / "big.jpg", "jpeg", size="600x400", color="plasma:")
+    write_image(root / "birds" / "robin" / "wide.png", "png", size="300x100", color="navy")
+    unique_png(root / "birds" / "broken" / "fine.png", 99, size="40x30")
+    (root / "birds" / "broken" / "broken.jpg").write_bytes(CORRUPT_JPEG)
+    up = run(conn, corpus_name, lambda c: c.upload(str(root), "v1"))
+    assert up.ok, up.failures
+    t = run(conn, corpus_name, lambda c: c.transform("small", "1", ops=["resize=20x20"], pool=pool))
+    # the set with the corrupt image has no complete output: its transform failed on that image
+    assert t.sets_transformed == 4 and [f.item for f in t.failures] == [BROKEN], t.failures
+    return {"sets": ["birds/" + h for h in HOSTILE] + ["birds/broken", "birds/robin"]}
+
+
+PAGE_STATE = """() => ({
+    imgs: [...document.images].map(i => ({src: i.getAttribute('src'), ok: i.complete && i.naturalWidth > 0})),
+    text: document.body.innerText,
+    scripts: document.querySelectorAll('script').length,
+    tagBars: [...document.querySelectorAll('#chart-tags rect.bar')].map(r => [r.dataset.label, +r.dataset.value]),
+    coverage: [...document.querySelectorAll('#chart-coverage rect.bar')].map(r => [r.dataset.label, +r.dataset.value]),
+    sizes: [...document.querySelectorAll('#chart-sizes rect.bar')].map(r => [r.dataset.label, +r.dataset.value]),
+    placeholders: [...document.querySelectorAll('.placeholder:not(.missing)')].map(p => p.innerText),
+    anchors: [...document.querySelectorAll('#toc a')].map(a => {
+        const href = a.getAttribute('href');
+        return [href, document.querySelectorAll('[id="' + href.slice(1) + '"]').length];
+    }),
+})"""
+
+
+def cli_report(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, ["report", *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_report_in_a_real_browser(
+    conn: str,
+    corpus_name: str,
+    hostile_corpus: dict[str, Any],
+    tmp_path: Path,
+    browser: Browser,  # noqa: F811  (the fixture imported above)
+) -> None:
+    out = tmp_path / "report one"
+    code, stdout, stderr = cli_report("--out", str(out), "--json", "--workers", "2")
+    assert code == 0, stderr
+    model = json.loads(stdout)
+    # 9 good originals and the 8 images of the 4 complete outputs; the corrupt one a placeholder
+    assert model["thumbnails"] == {"made": 17, "cached": 0}
+    assert [p["item"] for p in model["placeholders"]] == [BROKEN]
+    assert "could not decode" in model["placeholders"][0]["reason"]
+    assert model["sets"] == 5 + 4 and model["images"] == 10 + 8
+    thumbs_stored = [n for n in blobs(conn, corpus_name) if n.startswith(cache_prefix())]
+    assert len(thumbs_stored) == 17 + 1  # and the corrupt image's reason (.err), so it is not decoded again
+
+    visit = browser.visit(out, PAGE_STATE, screenshot=tmp_path / "report.png")
+    state = visit.result
+    assert len(state["imgs"]) == 17 and all(i["ok"] for i in state["imgs"]), state["imgs"]
+    assert all(re.fullmatch(r"thumbs/[0-9a-f]{32}\.jpg", i["src"]) for i in state["imgs"])
+    assert visit.errors == [] and visit.outside == []
+    for path in hostile_corpus["sets"]:
+        assert path in state["text"], path  # literally, as text: "<script>" was not parsed as a tag
+    assert state["scripts"] == 0
+    # images per tag: of the source sets only (an output's images are not counted twice)
+    assert sorted(state["tagBars"]) == sorted([["birds", 10], ["robin", 2], ["broken", 2]] + [[h, 2] for h in HOSTILE])
+    assert state["coverage"] == [["small@1", 4]]  # of 5 source sets
+    assert sorted(state["sizes"]) == [["300×100", 1], ["40×30", 7], ["600×400", 1]]  # the 9 decodable
+    assert len(state["placeholders"]) == 1 and "broken.jpg" in state["placeholders"][0]
+    assert len(state["anchors"]) == 5
+    for href, targets in state["anchors"]:  # every TOC entry leads to one section on the page
+        assert re.fullmatch(r"#set-[0-9a-f]{16}", href) and targets == 1
+
+    # Again, into another folder: every thumbnail comes from the cache, no image is read or decoded.
+    async def second(c: Any) -> tuple[ReportModel, tuple[int, int, int]]:
+        s = c.storage.stats
+        before = s.blob_gets, s.blob_puts, s.blob_lists
+        m = await c.report(str(tmp_path / "two"), workers=1)
+        return m, (s.blob_gets - before[0], s.blob_puts - before[1], s.blob_lists - before[2])
+
+    again, (gets, puts, lists) = run(conn, corpus_name, second)
+    assert (again.thumbs_made, again.thumbs_cached) == (0, 17 + 1)
+    assert gets == 18 and puts == 0  # the cached thumbnails (and the one reason) only: no source image
+    assert lists == 9 + 1  # one per set, and one of the thumbnail cache (not one request per image)
+    assert [p.item for p in again.placeholders] == [BROKEN]
+    visit = browser.visit(tmp_path / "two", PAGE_STATE)
+    assert len(visit.result["imgs"]) == 17 and all(i["ok"] for i in visit.result["imgs"])
+    assert visit.errors == [] and visit.outside == []
+
+
+def test_report_filters_and_usage_errors(conn: str, corpus_name: str, hostile_corpus: Any, tmp_path: Path) -> None:
+    code, stdout, _ = cli_report("--out", str(tmp_path / "r"), "--tag", "robin", "--originals", "--json")
+    assert code == 0
+    model = json.loads(stdout)
+    assert [g["path"] for g in model["groups"]] == ["birds/robin"] and model["coverage"] == []
+    assert model["groups"][0]["columns"] == ["original"] and len(model["groups"][0]["rows"]) == 2
+    code, stdout, _ = cli_report("--out", str(tmp_path / "r2"), "--per-set", "1")
+    assert code == 0 and "Open: file://" in stdout
+    file = tmp_path / "a-file"
+    file.write_text("x")
+    for args in (["--out", str(file)], ["--out", str(tmp_path / "r3"), "--per-set", "0"]):
+        code, _, stderr = cli_report(*args)
+        assert code == 2, stderr
+    assert not (tmp_path / "r3").exists()
+
+
+def test_templates_escape_user_text(tmp_path: Path) -> None:
+    """Autoescaping is on in every template: a tag or label from storage is text, never markup."""
+    env = environment()
+    assert env.autoescape is True
+    model = ReportModel(out=str(tmp_path), per_set=1, corpus="c")
+    model.tag_images = [Bar('<img src=x onerror="alert(1)">', 3)]
+    render(model)
+    html = (tmp_path / "index.html").read_text()
+    assert '<img src=x onerror="alert(1)">' not in html
+    assert "&lt;img src=x onerror=&#34;alert(1)&#34;&gt;" in html
+
+
+def test_thumbnail_recipe_is_small_deterministic_jpeg() -> None:
+    """The built-in recipe, in-process: at most 256 px, JPEG, the same bytes every time, the source's size
+    from its header; an undecodable image raises ImageError with the reason."""
+    import transforms
+    from transforms.thumbnail import THUMB_SIDE, make_thumbnail
+
+    data = subprocess_image("jpeg", "1024x768")
+    a, b = make_thumbnail(data), make_thumbnail(data)
+    assert a.data == b.data and transforms.sniff(a.data) == "jpeg"
+    assert (a.width, a.height) == (THUMB_SIDE, 192) and (a.source_width, a.source_height) == (1024, 768)
+    small = make_thumbnail(subprocess_image("png", "40x30"))
+    assert (small.width, small.height) == (40, 30)  # never enlarged
+    with pytest.raises(transforms.ImageError, match="could not decode"):
+        make_thumbnail(CORRUPT_JPEG)
+
+
+def subprocess_image(kind: str, size: str) -> bytes:
+    from .conftest import image_bytes
+
+    return image_bytes(kind, size, "plasma:")
