@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv/bin
 
-.PHONY: setup demo test test-stress lint bench bench-download bench-query bench-release bench-transform bench-distributed bench-responsiveness azurite-start azurite-stop clean
+.PHONY: setup demo test test-stress lint bench bench-download bench-query bench-release bench-transform bench-distributed bench-responsiveness bench-report azurite-start azurite-stop clean
 
 setup:
 	@scripts/setup.sh
@@ -44,6 +44,9 @@ bench-release:
 
 bench-transform: setup
 	$(VENV)/python -m bench --suite transform
+
+bench-report: setup
+	$(VENV)/python -m bench --suite report
 
 bench-distributed: setup
 	$(VENV)/python -m bench.distributed

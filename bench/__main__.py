@@ -33,12 +33,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--suite",
-        choices=["upload", "query", "transform", "bigfiles", "download", "release"],
+        choices=["upload", "query", "transform", "bigfiles", "download", "release", "report"],
         default="upload",
         help="Which benchmark suite: upload (issue 5), query (query + download, issue 3), transform "
         "(issue 4), bigfiles (three 800 MB images and the block threshold, issue 11.2), download (issue 15: first "
-        "download, no-op rerun, 2 MB files, one 1 GiB blob, beside rclone, AzCopy and a bare GET loop) or release "
-        "(issue 14: release create and verify --deep beside rclone).",
+        "download, no-op rerun, 2 MB files, one 1 GiB blob, beside rclone, AzCopy and a bare GET loop), release "
+        "(issue 14: release create and verify --deep beside rclone) or report (issue 17: thumbnails).",
     )
     p.add_argument(
         "--scenario",

@@ -257,6 +257,7 @@ class Corpus:
         transform: str | None = None,
         originals: bool = False,
         per_set: int = 12,
+        page_sets: int = 200,
         workers: int | None = None,
         pool: Executor | None = None,
         progress: ProgressSink | None = None,
@@ -266,12 +267,20 @@ class Corpus:
         to ``per_set`` images with their transform outputs beside them. Thumbnails are made in ``pool``
         (or a pool of ``workers`` processes) and cached in the container under ``thumbs/``, so a later
         report makes only the missing ones. Returns the model: what was shown, thumbnails made and
-        cached, the images shown as placeholders (undecodable) with the reason."""
+        cached, the images shown as placeholders (undecodable) with the reason. ``page_sets``: source sets
+        (each with its outputs) per page."""
         filters = QueryFilter(_tag_tuple(tags), any_tag, version, transform, originals)
         check_out(out)  # a usage error before storage is reached
         await open_for_reading(self.storage)
         return await run_report(
-            self.storage, out, filters, per_set=per_set, workers=workers, pool=pool, progress=progress
+            self.storage,
+            out,
+            filters,
+            per_set=per_set,
+            page_sets=page_sets,
+            workers=workers,
+            pool=pool,
+            progress=progress,
         )
 
     async def transforms(self) -> list[ImageTransform]:

@@ -28,3 +28,6 @@ run corpus release show demo-v1
 run corpus download --release demo-v1 --split train --layout imagefolder --out .demo/release
 echo '$ find .demo/release/train -type f | sort'
 find .demo/release/train -type f | sort
+echo '# see it: a static report (charts, a contact sheet per set with its sketches beside it)'
+run corpus report --out .demo/report
+echo "Open the report in a browser: file://$PWD/.demo/report/index.html"

@@ -55,6 +55,8 @@ PAGE_STATE = """() => ({
     coverage: [...document.querySelectorAll('#chart-coverage rect.bar')].map(r => [r.dataset.label, +r.dataset.value]),
     sizes: [...document.querySelectorAll('#chart-sizes rect.bar')].map(r => [r.dataset.label, +r.dataset.value]),
     placeholders: [...document.querySelectorAll('.placeholder:not(.missing)')].map(p => p.innerText),
+    pageLinks: [...document.querySelectorAll('nav.pages a, nav.pages strong')].map(
+        a => a.getAttribute('href') || location.pathname.split('/').pop()),
     anchors: [...document.querySelectorAll('#toc a')].map(a => {
         const href = a.getAttribute('href');
         return [href, document.querySelectorAll('[id="' + href.slice(1) + '"]').length];
@@ -107,7 +109,7 @@ def test_report_in_a_real_browser(
     async def second(c: Any) -> tuple[ReportModel, tuple[int, int, int]]:
         s = c.storage.stats
         before = s.blob_gets, s.blob_puts, s.blob_lists
-        m = await c.report(str(tmp_path / "two"), workers=1)
+        m = await c.report(str(tmp_path / "two"), workers=1, page_sets=2)  # paged: 2 source sets a page
         return m, (s.blob_gets - before[0], s.blob_puts - before[1], s.blob_lists - before[2])
 
     again, (gets, puts, lists) = run(conn, corpus_name, second)
@@ -115,9 +117,18 @@ def test_report_in_a_real_browser(
     assert gets == 18 and puts == 0  # the cached thumbnails (and the one reason) only: no source image
     assert lists == 9 + 1  # one per set, and one of the thumbnail cache (not one request per image)
     assert [p.item for p in again.placeholders] == [BROKEN]
-    visit = browser.visit(tmp_path / "two", PAGE_STATE)
-    assert len(visit.result["imgs"]) == 17 and all(i["ok"] for i in visit.result["imgs"])
-    assert visit.errors == [] and visit.outside == []
+    assert again.pages == ["index.html", "page-2.html", "page-3.html"]
+    assert [g.href.split("#")[0] for g in again.groups] == ["index.html"] * 2 + ["page-2.html"] * 2 + ["page-3.html"]
+    shown, images = [], 0
+    for page in again.pages:
+        visit = browser.visit(tmp_path / "two", PAGE_STATE, page=page)
+        assert all(i["ok"] for i in visit.result["imgs"]) and visit.errors == [] and visit.outside == []
+        assert visit.result["pageLinks"] == ["index.html", "page-2.html", "page-3.html"]
+        assert (visit.result["tagBars"] != []) == (page == "index.html")  # the charts are on the first page
+        shown += [a for a, _n in visit.result["anchors"]]
+        images += len(visit.result["imgs"])
+    assert shown == ["#" + g.anchor for g in again.groups]  # every set once, in order, over the pages
+    assert images == 17
 
 
 def test_report_filters_and_usage_errors(conn: str, corpus_name: str, hostile_corpus: Any, tmp_path: Path) -> None:

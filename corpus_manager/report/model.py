@@ -143,6 +143,7 @@ class ReportModel:
     out: str
     per_set: int
     corpus: str = ""
+    page_sets: int = PAGE_SETS  # source sets (groups) per page
     groups: list[Group] = field(default_factory=list)
     tag_images: list[Bar] = field(default_factory=list)
     coverage: list[Bar] = field(default_factory=list)
@@ -176,7 +177,10 @@ class ReportModel:
 
     @property
     def page_count(self) -> int:
-        return max(1, (len(self.groups) + PAGE_SETS - 1) // PAGE_SETS)
+        return max(1, (len(self.groups) + self.page_sets - 1) // self.page_sets)
+
+    def page_groups(self, page: int) -> list[Group]:
+        return self.groups[(page - 1) * self.page_sets : page * self.page_sets]
 
     @property
     def exit_code(self) -> int:
@@ -213,7 +217,7 @@ def _anchor(path: str, version: str) -> str:
     return "set-" + hashlib.sha256(f"{path}\0{version}".encode()).hexdigest()[:16]
 
 
-def group_sets(rows: Sequence[SetRow]) -> list[Group]:
+def group_sets(rows: Sequence[SetRow], page_sets: int = PAGE_SETS) -> list[Group]:
     """Sets grouped by (path, version), the original first then outputs by transform; groups sorted."""
     by_key: dict[tuple[str, str], list[SetRow]] = {}
     for row in rows:
@@ -222,7 +226,7 @@ def group_sets(rows: Sequence[SetRow]) -> list[Group]:
     for index, ((path, version), members) in enumerate(sorted(by_key.items(), key=lambda kv: kv[0])):
         members.sort(key=lambda r: r.sort_key)  # "" (the original) sorts first
         sets = [SetSummary(r, r.identity.transform_label or "original") for r in members]
-        groups.append(Group(path, version, _anchor(path, version), sets, page=index // PAGE_SETS + 1))
+        groups.append(Group(path, version, _anchor(path, version), sets, page=index // page_sets + 1))
     return groups
 
 
@@ -265,16 +269,17 @@ async def build_model(
     pool: Executor,
     progress: ProgressSink | None = None,
     rows: Sequence[SetRow] | None = None,
+    page_sets: int = PAGE_SETS,
 ) -> ReportModel:
     """Select the sets (``filters``, or the given ``rows``), list them, make or fetch the thumbnails of
     up to ``per_set`` images per source set and of their outputs, and count what the charts show."""
     progress = progress or NullProgress()
-    model = ReportModel(out=out, per_set=per_set, corpus=storage.corpus)
+    model = ReportModel(out=out, per_set=per_set, corpus=storage.corpus, page_sets=page_sets)
     if rows is None:
         result = await query_sets(storage, filters)
         model.failures.extend(result.problems)
         rows = result.sets
-    model.groups = group_sets(rows)
+    model.groups = group_sets(rows, page_sets)
     listings = await _list_sets(storage, model.groups, model.failures)
 
     cache = ThumbCache(storage, out, pool)

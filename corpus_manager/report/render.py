@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 import jinja2
 
-from .model import PAGE_SETS, Bar, ReportModel, page_file
+from .model import Bar, ReportModel, page_file
 
 CHART_WIDTH = 340  # px of the longest bar
 
@@ -57,7 +57,7 @@ def render(model: ReportModel, *, now: datetime | None = None) -> list[str]:
     created = (now or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M UTC")
     pages = [page_file(p) for p in range(1, model.page_count + 1)]
     for number, name in enumerate(pages, start=1):
-        groups = model.groups[(number - 1) * PAGE_SETS : number * PAGE_SETS]
+        groups = model.page_groups(number)
         html = template.render(model=model, groups=groups, page=number, pages=pages, created=created)
         _write(os.path.join(model.out, name), html)
     model.pages = pages

@@ -11,7 +11,7 @@ from ..errors import ConfigError
 from ..query import QueryFilter, SetRow
 from ..results import ProgressSink
 from ..storage import Storage
-from .model import ReportModel, build_model
+from .model import PAGE_SETS, ReportModel, build_model
 from .render import render
 
 
@@ -33,11 +33,14 @@ async def run_report(
     pool: Executor | None = None,
     progress: ProgressSink | None = None,
     rows: list[SetRow] | None = None,
+    page_sets: int = PAGE_SETS,
 ) -> ReportModel:
     """Build the model (thumbnails made in ``pool``, or a pool of ``workers`` processes made and stopped
     here) and write its pages into ``out``."""
     if per_set < 1:
         raise ConfigError("--per-set must be at least 1")
+    if page_sets < 1:
+        raise ConfigError("page_sets must be at least 1")
     check_out(out)
     os.makedirs(out, exist_ok=True)
     own_pool = None
@@ -46,7 +49,9 @@ async def run_report(
         if pool is None:
             # processes: ImageMagick is not thread-safe
             pool = own_pool = transforms.create_pool(workers)
-        model = await build_model(storage, out, filters, per_set=per_set, pool=pool, progress=progress, rows=rows)
+        model = await build_model(
+            storage, out, filters, per_set=per_set, pool=pool, progress=progress, rows=rows, page_sets=page_sets
+        )
         render(model)
         finished = True
         return model
