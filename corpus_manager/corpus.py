@@ -20,7 +20,7 @@ from .release.inspect import (
     release_sets,
     verify_release,
 )
-from .report import ReportModel
+from .report import ReleaseTable, ReportModel
 from .report.run import check_out, run_report
 from .results import Failure, ProgressSink
 from .status import StatusReport, corpus_status
@@ -256,6 +256,7 @@ class Corpus:
         version: str | None = None,
         transform: str | None = None,
         originals: bool = False,
+        release: str | None = None,
         per_set: int = 12,
         page_sets: int = 200,
         workers: int | None = None,
@@ -268,16 +269,26 @@ class Corpus:
         (or a pool of ``workers`` processes) and cached in the container under ``thumbs/``, so a later
         report makes only the missing ones. Returns the model: what was shown, thumbnails made and
         cached, the images shown as placeholders (undecodable) with the reason. ``page_sets``: source sets
-        (each with its outputs) per page."""
+        (each with its outputs) per page. ``release``: the sets release NAME uses (instead of the
+        filters), and its images per split and label."""
         filters = QueryFilter(_tag_tuple(tags), any_tag, version, transform, originals)
+        if release is not None:
+            _release_alone(filters)
         check_out(out)  # a usage error before storage is reached
         await open_for_reading(self.storage)
+        rows, table = None, None
+        if release is not None:
+            rel = await load_release(self.storage, release)
+            rows = release_sets(rel).sets
+            table = ReleaseTable.of(rel.name, rel.records, rel.parsed_definition.split_names)
         return await run_report(
             self.storage,
             out,
             filters,
             per_set=per_set,
             page_sets=page_sets,
+            rows=rows,
+            release=table,
             workers=workers,
             pool=pool,
             progress=progress,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
@@ -179,3 +180,56 @@ def subprocess_image(kind: str, size: str) -> bytes:
     from .conftest import image_bytes
 
     return image_bytes(kind, size, "plasma:")
+
+
+def test_report_of_a_release(
+    conn: str,
+    corpus_name: str,
+    hostile_corpus: Any,
+    tmp_path: Path,
+    browser: Browser,  # noqa: F811  (the fixture imported above)
+) -> None:
+    """`--release NAME`: the release's sets, and its images per split and label as a table and a chart."""
+    created = run(
+        conn, corpus_name, lambda c: c.create_release("r1", originals=True, split="train=50,val=50", split_by="image")
+    )
+    assert created.exit_code == 0
+    records = run(conn, corpus_name, lambda c: c.release("r1")).records
+    want = Counter((r["split"], r["label"]) for r in records)
+    labels = sorted({lb for _s, lb in want})
+    assert len(records) == 10 and set(labels) == {*HOSTILE, "broken", "robin"}
+
+    code, stdout, stderr = cli_report("--release", "r1", "--out", str(tmp_path / "rel"), "--json")
+    assert code == 0, stderr
+    model = json.loads(stdout)
+    assert model["release"]["splits"] == ["train", "val"] and model["release"]["labels"] == labels
+    got = {(s, lb): n for s, row in model["release"]["counts"].items() for lb, n in row.items() if n}
+    assert got == dict(want)
+    assert [g["path"] for g in model["groups"]] == sorted(hostile_corpus["sets"])
+    assert all(g["columns"] == ["original"] for g in model["groups"])  # the release has no outputs
+
+    visit = browser.visit(
+        tmp_path / "rel",
+        """() => ({
+            segs: [...document.querySelectorAll('#chart-release rect.seg')].map(
+                r => [r.dataset.split, r.dataset.label, +r.dataset.value]),
+            rows: [...document.querySelectorAll('table.release tbody tr')].map(
+                tr => [...tr.children].map(td => td.textContent)),
+            imgs: [...document.images].every(i => i.complete && i.naturalWidth > 0),
+        })""",
+    )
+    assert visit.errors == [] and visit.outside == [] and visit.result["imgs"]
+    assert {(s, lb): n for s, lb, n in visit.result["segs"] if n} == dict(want)
+    assert len(visit.result["segs"]) == 2 * len(labels)
+    for label, train, val, total in visit.result["rows"]:  # the hostile labels as text, with their counts
+        assert (int(train), int(val), int(total)) == (
+            want[("train", label)],
+            want[("val", label)],
+            want[("train", label)] + want[("val", label)],
+        )
+    assert sorted(row[0] for row in visit.result["rows"]) == labels
+
+    code, _, stderr = cli_report("--release", "r1", "--tag", "robin", "--out", str(tmp_path / "x"))
+    assert code == 2 and "exclude each other" in stderr and not (tmp_path / "x").exists()
+    code, _, stderr = cli_report("--release", "nope", "--out", str(tmp_path / "y"))
+    assert code == 2 and "does not exist" in stderr and not (tmp_path / "y").exists()

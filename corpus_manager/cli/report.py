@@ -34,6 +34,12 @@ from .app import (
     help="Images shown per set (the first by file name), each with its transform outputs beside it.",
 )
 @click.option(
+    "--release",
+    default=None,
+    metavar="NAME",
+    help="The sets release NAME uses (instead of the filters), with its images per split and label.",
+)
+@click.option(
     "--workers",
     type=click.IntRange(min=1),
     default=None,
@@ -49,6 +55,7 @@ def report(
     originals: bool,
     out: str,
     per_set: int,
+    release: str | None,
     workers: int | None,
     as_json: bool,
     connection_string: str | None,
@@ -62,7 +69,7 @@ def report(
     async def go() -> ReportModel:
         async with _open(connection_string, account_url, corpus) as c:
             with BarProgress("thumbnails", show_bytes=False) as bar:
-                return await c.report(out, per_set=per_set, workers=workers, progress=bar, **filters)
+                return await c.report(out, per_set=per_set, release=release, workers=workers, progress=bar, **filters)
 
     model = _run(go)
     if as_json:

@@ -12,7 +12,7 @@ import asyncio
 import hashlib
 import posixpath
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,6 +113,13 @@ class ReleaseTable:
     labels: list[str]
     counts: dict[tuple[str, str], int]
 
+    @classmethod
+    def of(cls, name: str, records: Iterable[Mapping[str, Any]], splits: Sequence[str] = ()) -> ReleaseTable:
+        """From a release's manifest records (``split``, ``label``); splits in the definition's order."""
+        counts: Counter[tuple[str, str]] = Counter((str(r["split"]), str(r["label"])) for r in records)
+        order = list(dict.fromkeys([*splits, *sorted({s for s, _ in counts})]))
+        return cls(name, order, sorted({lb for _, lb in counts}), dict(counts))
+
     def count(self, split: str, label: str) -> int:
         return self.counts.get((split, label), 0)
 
@@ -126,8 +133,9 @@ class ReleaseTable:
     def total(self) -> int:
         return sum(self.counts.values())
 
-    def split_bars(self) -> list[Bar]:
-        return [Bar(s, self.split_total(s)) for s in self.splits]
+    @property
+    def largest_label(self) -> int:
+        return max((self.label_total(lb) for lb in self.labels), default=0)
 
     def to_json(self) -> dict[str, Any]:
         return {

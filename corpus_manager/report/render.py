@@ -31,6 +31,7 @@ def environment() -> jinja2.Environment:
     env.globals["bar_width"] = bar_width
     env.globals["human_bytes"] = _human_bytes
     env.globals["chart_width"] = CHART_WIDTH
+    env.globals["seg_width"] = seg_width
     return env
 
 
@@ -40,6 +41,11 @@ def bar_width(bar: Bar, bars: list[Bar]) -> int:
         return round(CHART_WIDTH * bar.value / bar.total)
     top = max((b.value for b in bars), default=0)
     return round(CHART_WIDTH * bar.value / top) if top else 0
+
+
+def seg_width(value: int, top: int) -> int:
+    """A stacked segment's length in px, against the longest stack."""
+    return round(CHART_WIDTH * value / top) if top else 0
 
 
 def _human_bytes(n: float) -> str:

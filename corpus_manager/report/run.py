@@ -11,7 +11,7 @@ from ..errors import ConfigError
 from ..query import QueryFilter, SetRow
 from ..results import ProgressSink
 from ..storage import Storage
-from .model import PAGE_SETS, ReportModel, build_model
+from .model import PAGE_SETS, ReleaseTable, ReportModel, build_model
 from .render import render
 
 
@@ -34,6 +34,7 @@ async def run_report(
     progress: ProgressSink | None = None,
     rows: list[SetRow] | None = None,
     page_sets: int = PAGE_SETS,
+    release: ReleaseTable | None = None,
 ) -> ReportModel:
     """Build the model (thumbnails made in ``pool``, or a pool of ``workers`` processes made and stopped
     here) and write its pages into ``out``."""
@@ -52,6 +53,7 @@ async def run_report(
         model = await build_model(
             storage, out, filters, per_set=per_set, pool=pool, progress=progress, rows=rows, page_sets=page_sets
         )
+        model.release = release
         render(model)
         finished = True
         return model
