@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
 from concurrent.futures import Executor
 from pathlib import Path
@@ -15,10 +20,12 @@ from click.testing import CliRunner
 from corpus_manager.cli import cli
 from corpus_manager.report import Bar, ReportModel, cache_prefix, environment
 from corpus_manager.report.render import render
+from transforms import sniff
 
 from .browser import Browser, browser  # noqa: F401  (the fixture)
 from .conftest import unique_png, write_image
 from .helpers import blobs, run
+from .processes import alive, descendants
 
 HOSTILE = ["<script>alert(1)", "a#b?c%20d", "ünïcødé 鳥 🐦"]
 # What undecodable-but-whole looks like: a JPEG's start and end markers around garbage. Upload's cheap
@@ -233,3 +240,38 @@ def test_report_of_a_release(
     assert code == 2 and "exclude each other" in stderr and not (tmp_path / "x").exists()
     code, _, stderr = cli_report("--release", "nope", "--out", str(tmp_path / "y"))
     assert code == 2 and "does not exist" in stderr and not (tmp_path / "y").exists()
+
+
+def test_sigterm_stops_a_report_cleanly(conn: str, corpus_name: str, tmp_path: Path) -> None:
+    """SIGTERM mid-report: exit 143, every thumbnail written is whole, no temporary file and no worker left."""
+    for i in range(150):
+        unique_png(tmp_path / "photos" / f"s{i % 5}" / f"{i:03d}.png", i, size="400x400")
+    up = run(conn, corpus_name, lambda c: c.upload(str(tmp_path / "photos"), "v1"))
+    assert up.ok, up.failures
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "corpus_manager.cli", "report", "--out", str(out), "--per-set", "30", "--workers", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
+    deadline = time.monotonic() + 120  # a generous bound for a loaded machine, not a speed claim
+    workers: dict[int, str] = {}
+    while time.monotonic() < deadline and proc.poll() is None:
+        workers |= descendants(proc.pid)
+        if list((out / "thumbs").glob("*.jpg")):  # thumbnails are being made: stop it now
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, f"the report ended before it could be stopped: {proc.communicate()}"
+    workers |= descendants(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    _stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    assert "Terminated (SIGTERM)" in stderr
+    assert workers and not [p for p in workers if alive(p)]
+    files = list(out.rglob("*"))
+    assert not [f for f in files if f.name.endswith(".part")]
+    thumbs = [f for f in files if f.suffix == ".jpg"]
+    assert 0 < len(thumbs) < 150
+    assert all(sniff(f.read_bytes()) == "jpeg" and f.read_bytes().endswith(b"\xff\xd9") for f in thumbs)
