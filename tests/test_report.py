@@ -269,7 +269,12 @@ def test_sigterm_stops_a_report_cleanly(conn: str, corpus_name: str, tmp_path: P
     _stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 143, stderr
     assert "Terminated (SIGTERM)" in stderr
-    assert workers and not [p for p in workers if alive(p)]
+    helpers = {p: c for p, c in workers.items() if "spawn_main" in c or "resource_tracker" in c}
+    assert sum("spawn_main" in c for c in helpers.values()) == 2, workers
+    # the tracker exits once the pipe of the (gone) parent closes: wait for it, within a generous bound
+    while time.monotonic() < deadline + 120 and [p for p in helpers if alive(p)]:
+        time.sleep(0.05)
+    assert not [c for p, c in helpers.items() if alive(p)], "a worker or the resource tracker outlived the report"
     files = list(out.rglob("*"))
     assert not [f for f in files if f.name.endswith(".part")]
     thumbs = [f for f in files if f.suffix == ".jpg"]
