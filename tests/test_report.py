@@ -147,6 +147,11 @@ def test_report_filters_and_usage_errors(conn: str, corpus_name: str, hostile_co
     assert model["groups"][0]["columns"] == ["original"] and len(model["groups"][0]["rows"]) == 2
     code, stdout, _ = cli_report("--out", str(tmp_path / "r2"), "--per-set", "1")
     assert code == 0 and "Open: file://" in stdout
+    # the same folder again, with fewer pages: no page of the former report is left to link to old sets
+    paged = run(conn, corpus_name, lambda c: c.report(str(tmp_path / "r2"), page_sets=1))
+    assert len(paged.pages) == 5 and (tmp_path / "r2" / "page-5.html").exists()
+    one = run(conn, corpus_name, lambda c: c.report(str(tmp_path / "r2")))
+    assert one.pages == ["index.html"] and sorted(p.name for p in (tmp_path / "r2").glob("*.html")) == ["index.html"]
     file = tmp_path / "a-file"
     file.write_text("x")
     for args in (["--out", str(file)], ["--out", str(tmp_path / "r3"), "--per-set", "0"]):

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from datetime import UTC, datetime
 
 import jinja2
 
+from ..progress import human_bytes
 from .model import Bar, ReportModel, page_file
 
+_PAGE = re.compile(r"page-[0-9]+\.html")
 CHART_WIDTH = 340  # px of the longest bar
 
 
@@ -29,7 +32,7 @@ def environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.globals["bar_width"] = bar_width
-    env.globals["human_bytes"] = _human_bytes
+    env.globals["human_bytes"] = human_bytes
     env.globals["chart_width"] = CHART_WIDTH
     env.globals["seg_width"] = seg_width
     return env
@@ -48,14 +51,6 @@ def seg_width(value: int, top: int) -> int:
     return round(CHART_WIDTH * value / top) if top else 0
 
 
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
-
-
 def render(model: ReportModel, *, now: datetime | None = None) -> list[str]:
     """Write the pages (``index.html``, then ``page-2.html``...) into ``model.out``; returns their names."""
     env = environment()
@@ -66,6 +61,10 @@ def render(model: ReportModel, *, now: datetime | None = None) -> list[str]:
         groups = model.page_groups(number)
         html = template.render(model=model, groups=groups, page=number, pages=pages, created=created)
         _write(os.path.join(model.out, name), html)
+    # a page a former, larger report left in the same folder would link to sets no longer shown
+    for stale in os.listdir(model.out):
+        if _PAGE.fullmatch(stale) and stale not in pages:
+            os.unlink(os.path.join(model.out, stale))
     model.pages = pages
     return pages
 
