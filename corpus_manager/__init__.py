@@ -5,6 +5,8 @@ reports, the query filter and result, ``Failure`` and the exceptions. Everything
 imported from its own module (``corpus_manager.throttle``, ``corpus_manager.crawler``, ...).
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .corpus import Corpus
 from .download import DownloadReport
 from .errors import (
@@ -23,12 +25,29 @@ from .errors import (
 from .models import ImageSet, ImageTransform, SetIdentity
 from .query import QueryFilter, QueryResult
 from .results import Failure, ProgressSink
-from .status import StatusReport
 from .sync import SyncCorpus
-from .transform import TransformReport
-from .upload import UploadReport
+
+if TYPE_CHECKING:
+    from .status import StatusReport
+    from .transform import TransformReport
+    from .upload import UploadReport
 
 __version__ = "0.1.0"
+
+# Imported on first use (PEP 562): a download or a query never loads upload, transform and status, nor
+# the transforms package they import (start-up time every run, and most of a no-op rerun, pays).
+_LAZY = {"StatusReport": "status", "TransformReport": "transform", "UploadReport": "upload"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AuthenticationFailed",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import Executor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import connection_from_settings, corpus_from_settings
 from .download import DownloadReport, download_sets
@@ -23,10 +23,14 @@ from .release.inspect import (
 from .report import ReleaseTable, ReportModel
 from .report.run import check_out, run_report
 from .results import Failure, ProgressSink
-from .status import StatusReport, corpus_status
 from .storage import Storage
-from .transform import TransformReport, list_transforms, parse_spec, run_transform
-from .upload import UploadReport, upload_tree
+
+# Imported by the methods that use them: a download or a query never loads upload, transform, status
+# (nor the transforms package), which is start-up time every run pays (a no-op rerun is mostly start-up).
+if TYPE_CHECKING:
+    from .status import StatusReport
+    from .transform import TransformReport
+    from .upload import UploadReport
 
 
 class Corpus:
@@ -81,6 +85,8 @@ class Corpus:
         report: UploadReport | None = None,
     ) -> UploadReport:
         """Crawl ``root`` and upload each directory of images as an ImageSet of ``version``."""
+        from .upload import UploadReport, upload_tree
+
         self.storage.pool_size = max(self.storage.pool_size, max_parallel_uploads)
         report = report if report is not None else UploadReport(root=root, version=version)
         before = self.storage.stats.retries
@@ -190,6 +196,8 @@ class Corpus:
         """Sets by status, totals, per-transform progress and tag counts; ``repair`` indexes complete
         sets that have no tag rows; ``verify`` lists every complete set and sets back to pending those
         whose blobs storage lost (one listing per set: see ``corpus_manager.verify``)."""
+        from .status import corpus_status
+
         await open_for_reading(self.storage)
         report = await corpus_status(
             self.storage, repair=repair, verify=verify, max_parallel_upserts=max_parallel_upserts, progress=progress
@@ -225,6 +233,8 @@ class Corpus:
         ``pool``: a process pool from ``transforms.create_pool`` to reuse across calls (else one per call).
         ``scheduler``: a Dask scheduler address (``tcp://HOST:PORT``) to run the job on its workers instead
         (needs the ``distributed`` extra; the workers read their own storage credentials)."""
+        from .transform import TransformReport, parse_spec, run_transform
+
         spec = parse_spec(ops, spec_file)  # validated before anything is read or written
         report = report if report is not None else TransformReport(name, version)
         before = self.storage.stats.retries
@@ -296,6 +306,8 @@ class Corpus:
 
     async def transforms(self) -> list[ImageTransform]:
         """The registered transforms, sorted by (name, version)."""
+        from .transform import list_transforms
+
         await open_for_reading(self.storage)
         return await list_transforms(self.storage)
 

@@ -22,6 +22,7 @@ import hashlib
 import os
 import queue
 import re
+import stat
 import threading
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
@@ -55,9 +56,17 @@ class ChecksumMismatch(CorpusError):
     """What arrived is not what the blob's Content-MD5 says it is."""
 
 
-def local_target(out_root: Path, blob_name: str, known: set[Path] | None = None) -> Path:
+def local_target(out_root: Path, blob_name: str, known: set[str] | None = None) -> Path:
     """Where a blob goes under ``out_root`` (already resolved), or UnsafeBlobName. ``known``: directories
-    found inside ``out_root`` earlier in the run (each is resolved once, not once per file in it)."""
+    (as strings) found inside ``out_root`` earlier in the run (each is resolved once, not once per file)."""
+    return target_and_stat(out_root, blob_name, known)[0]
+
+
+def target_and_stat(
+    out_root: Path, blob_name: str, known: set[str] | None = None
+) -> tuple[Path, os.stat_result | None]:
+    """``local_target``, and what is at the target now (its stat, symbolic links followed; None: nothing),
+    known from the one ``lstat`` the symbolic-link check makes anyway (a rerun's stat per file)."""
     if not blob_name:
         raise UnsafeBlobName("empty blob name")
     if "\\" in blob_name:
@@ -70,22 +79,35 @@ def local_target(out_root: Path, blob_name: str, known: set[Path] | None = None)
     # under it; Windows refuses control characters in names.
     if os.name == "nt" and any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in blob_name):
         raise UnsafeBlobName("a control character in a blob name")
-    for segment in blob_name.split("/"):
+    parts = blob_name.split("/")
+    for segment in parts:
         if segment in (".", ".."):
             raise UnsafeBlobName(f"a {segment!r} path segment")
         if not segment:
             raise UnsafeBlobName("an empty path segment")
         if _DRIVE.match(segment):
             raise UnsafeBlobName(f"a drive letter in the path segment {segment!r}")
-    target = out_root.joinpath(*blob_name.split("/"))
+    # strings, not Path objects, for the per-file work: pathlib's parsing and hashing cost more than the
+    # syscalls on a rerun of small files
+    parent = os.path.join(str(out_root), *parts[:-1])
+    target = os.path.join(parent, parts[-1])
     # a symbolic link planted under OUT (a directory, or the file itself) must not lead the write elsewhere
     known = set() if known is None else known
-    if (target.parent not in known and not target.parent.resolve().is_relative_to(out_root)) or (
-        os.path.islink(target) and not target.resolve().is_relative_to(out_root)
-    ):
+    if parent not in known and not Path(parent).resolve().is_relative_to(out_root):
         raise UnsafeBlobName("the path leaves the output directory (through a symbolic link)")
-    known.add(target.parent)
-    return target
+    try:
+        st: os.stat_result | None = os.lstat(target)
+    except OSError:
+        st = None
+    if st is not None and stat.S_ISLNK(st.st_mode):
+        if not Path(target).resolve().is_relative_to(out_root):
+            raise UnsafeBlobName("the path leaves the output directory (through a symbolic link)")
+        try:
+            st = os.stat(target)
+        except OSError:
+            st = None
+    known.add(parent)
+    return Path(target), st
 
 
 @dataclass
@@ -317,16 +339,17 @@ class _Downloader:
         # and anything the downloads need from the default executor (DNS) must never queue behind them
         self.writers = ThreadPoolExecutor(max_workers=min(limit, 32), thread_name_prefix="corpus-download")
         self.lock = threading.Lock()  # the counts the owners update, and the set of swept directories
-        self.swept: set[Path] = set()
-        self.inside: set[Path] = set()  # directories resolved inside out_root (see local_target)
+        self.swept: set[str] = set()
+        self.inside: set[str] = set()  # directories resolved inside out_root (see local_target)
+        self.made: set[str] = set()  # directories this run made or found (no mkdir per file)
         self.cache = Md5Cache(out_root)
 
     async def one(self, item: DownloadItem) -> tuple[str, FileRecord]:
-        target = local_target(self.out_root, item.target, self.inside)
+        target, st = target_and_stat(self.out_root, item.target, self.inside)
         if not item.md5_hex:
             raise ChecksumMismatch("the blob has no Content-MD5 to check against; not downloaded")
         # on the loop when it is a stat and a cache look-up (the rerun); a thread to sweep or to hash
-        there = self.settled(target, item)
+        there = self.settled(target, st, item)
         if there is None:
             there = await asyncio.to_thread(self.inspect, target, item)
         if there:
@@ -335,13 +358,12 @@ class _Downloader:
         md5_hex, size = await self.fetch(item, target)
         return "downloaded", replace(item.record, local_path=str(target), bytes=size, md5=md5_hex)
 
-    def settled(self, target: Path, item: DownloadItem) -> bool | None:
-        """Is the file there the blob, known without I/O beyond a stat? None: ask ``inspect``."""
-        if target.parent not in self.swept:
+    def settled(self, target: Path, st: os.stat_result | None, item: DownloadItem) -> bool | None:
+        """Is the file there (``st``: its stat, None if absent) the blob, known without more I/O? None: ask
+        ``inspect``."""
+        if os.path.dirname(target) not in self.swept:
             return None
-        try:
-            st = target.stat()
-        except OSError:
+        if st is None or not stat.S_ISREG(st.st_mode):
             return False
         if st.st_size != item.size:
             return False
@@ -356,9 +378,9 @@ class _Downloader:
     def sweep(self, directory: Path) -> None:
         """Remove the temporary files earlier runs left in ``directory`` when they were killed."""
         with self.lock:
-            if directory in self.swept:
+            if str(directory) in self.swept:
                 return
-            self.swept.add(directory)
+            self.swept.add(str(directory))
         try:
             with os.scandir(directory) as entries:
                 stale = [Path(e.path) for e in entries if is_temp_name(e.name) and e.is_file(follow_symlinks=False)]
@@ -369,7 +391,10 @@ class _Downloader:
 
     def create_temp(self, target: Path) -> tuple[Path, IO[bytes]]:
         """(In the owner's thread.) A new temporary file beside ``target``, open and locked by its owner."""
-        target.parent.mkdir(parents=True, exist_ok=True)
+        parent = os.path.dirname(target)
+        if parent not in self.made:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.made.add(parent)
         while True:
             temp = temp_path(target)
             fh = open(temp, "xb")  # noqa: SIM115 (its owner closes it)

@@ -7,9 +7,27 @@ file upload accepts is one a transform can decode. Re-exported here under the na
 
 from __future__ import annotations
 
-from transforms.imagetypes import CONTENT_TYPES, HEAD, TAIL, NotAnImage, check_whole
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from transforms.imagetypes import CONTENT_TYPES, HEAD, TAIL, NotAnImage
+
+# The names from ``transforms.imagetypes`` are imported on first use (PEP 562): importing ``transforms``
+# runs its package, and the CLI imports this module for ``--ext``'s default on every run (a download too).
+_FROM_TRANSFORMS = ("CONTENT_TYPES", "HEAD", "TAIL", "NotAnImage")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_TRANSFORMS:
+        from transforms import imagetypes
+
+        value = getattr(imagetypes, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -27,11 +45,15 @@ __all__ = [
 
 def sniff(data: bytes) -> str:
     """Return the kind ('jpeg', 'png', ...) of a whole file's bytes, or raise NotAnImage with the reason."""
+    from transforms.imagetypes import HEAD, TAIL, check_whole
+
     return check_whole(data[:HEAD], data[-TAIL:], len(data))
 
 
 def sniff_parts(head: bytes, tail: bytes, size: int) -> str:
     """``sniff`` from a file's first HEAD bytes, its last TAIL bytes and its size (a big file, never read whole)."""
+    from transforms.imagetypes import check_whole
+
     return check_whole(head, tail, size)
 
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
-
-from transforms import ImageError
 
 from .config import redact
 from .errors import CorpusError
@@ -29,9 +28,16 @@ class Failure:
 def failure_reason(exc: BaseException) -> str:
     """The reason a Failure gives for an exception: the message of the tool's own errors (they name
     their item and cause), else the exception's class and message, with any secret redacted."""
-    if isinstance(exc, CorpusError | ImageError):
+    if isinstance(exc, CorpusError) or _is_image_error(exc):
         return str(exc)
     return redact(f"{exc.__class__.__name__}: {exc}")
+
+
+def _is_image_error(exc: BaseException) -> bool:
+    """An ImageError of ``transforms``, without importing it (a download never needs the package: ~0.05 s
+    of start-up): an exception of a module not yet imported cannot be one of its classes."""
+    errors = sys.modules.get("transforms.errors")
+    return errors is not None and isinstance(exc, errors.ImageError)
 
 
 class ProgressSink(Protocol):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from corpus_manager import storage as storage_module
 from corpus_manager.dlcache import CACHE_NAME
@@ -323,8 +324,27 @@ def test_a_missing_blob_is_not_found(conn: str, corpus_name: str) -> None:
         with_storage(conn, corpus_name, fn)
 
 
+# What a download must never load: the blob SDK (its reads are thin requests), nor what only other commands
+# use (upload, transform, status, the transforms package, Wand/ImageMagick, torch, jinja2, rich, the
+# identity library for --account-url). Each is start-up time a no-op rerun would pay.
+_NOT_FOR_A_DOWNLOAD = (
+    "azure.storage.blob",
+    "azure.identity",
+    "transforms",
+    "wand",
+    "torch",
+    "webdataset",
+    "jinja2",
+    "rich",
+    "corpus_manager.upload",
+    "corpus_manager.transform",
+    "corpus_manager.status",
+)
+
+
 def test_a_download_and_its_rerun_never_import_the_blob_sdk(conn: str, corpus_name: str, tmp_path: Path) -> None:
-    """Listing, GET and the container probe are thin requests: the blob SDK's start-up cost is never paid."""
+    """Listing, GET and the container probe are thin requests: the blob SDK's start-up cost is never paid;
+    nor is any other command's (``_NOT_FOR_A_DOWNLOAD``)."""
     upload_tree(conn, corpus_name, tmp_path, sets=1, per_set=2)
     probe = (
         "import json, sys\n"
@@ -332,7 +352,9 @@ def test_a_download_and_its_rerun_never_import_the_blob_sdk(conn: str, corpus_na
         "try:\n"
         "    cli.main(sys.argv[1:], standalone_mode=False)\n"
         "finally:\n"
-        "    print(json.dumps('azure.storage.blob' in sys.modules), file=sys.stderr)\n"
+        f"    heavy = {_NOT_FOR_A_DOWNLOAD!r}\n"
+        "    print(json.dumps(sorted({m for m in sys.modules for h in heavy if m == h or m.startswith(h + '.')})),"
+        " file=sys.stderr)\n"
     )
     out = tmp_path / "out"
     for expected in (2, 0):  # the first download, then the no-op rerun
@@ -340,4 +362,29 @@ def test_a_download_and_its_rerun_never_import_the_blob_sdk(conn: str, corpus_na
         proc = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
         assert json.loads(proc.stdout)["files"]["downloaded"] == expected
-        assert json.loads(proc.stderr.strip().splitlines()[-1]) is False
+        assert json.loads(proc.stderr.strip().splitlines()[-1]) == []
+
+
+def test_the_names_other_commands_need_are_still_there_when_asked_for() -> None:
+    """The package's lazy names (PEP 562) resolve to the modules' own classes, and ``transform --help``
+    still lists the operations (its epilog is built when shown)."""
+    import corpus_manager
+    from corpus_manager import StatusReport, TransformReport, UploadReport, imagetypes
+    from corpus_manager.cli import cli
+    from corpus_manager.status import StatusReport as S
+    from corpus_manager.transform import TransformReport as T
+    from corpus_manager.upload import UploadReport as U
+    from transforms import imagetypes as sniffer
+
+    assert (StatusReport, TransformReport, UploadReport) == (S, T, U)
+    assert (imagetypes.CONTENT_TYPES, imagetypes.HEAD, imagetypes.NotAnImage) == (
+        sniffer.CONTENT_TYPES,
+        sniffer.HEAD,
+        sniffer.NotAnImage,
+    )
+    with pytest.raises(AttributeError):
+        _ = corpus_manager.NoSuchName  # type: ignore[attr-defined]
+    result = CliRunner().invoke(cli, ["transform", "--help"])
+    assert result.exit_code == 0
+    assert "Operations (--op OP[=ARG], applied in order):" in result.output
+    assert "charcoal" in result.output

@@ -6,13 +6,13 @@ import csv
 import io
 import json
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from ..download import DownloadReport, neutralise_cell
 from ..progress import BarProgress, human_bytes
 from ..query import QueryResult
-from ..status import StatusReport
 from .app import (
     _err,
     _filters,
@@ -27,6 +27,9 @@ from .app import (
     output_options,
     query_options,
 )
+
+if TYPE_CHECKING:
+    from ..status import StatusReport
 
 
 @cli.command()

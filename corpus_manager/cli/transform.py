@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from ..models import ImageTransform
 from ..progress import BarProgress
-from ..transform import TransformReport
 from .app import _joined, _open, _print_failures, _print_json, _printable, _run, cli, connection_options, output_options
+
+if TYPE_CHECKING:
+    from ..transform import TransformReport
 
 
 def _operations_epilog() -> str:
-    import transforms  # the library's operation registry (already loaded by corpus_manager.transform)
+    import transforms  # the library's operation registry
 
     # \b keeps click from rewrapping the table
     return "\n".join(
@@ -23,7 +26,16 @@ def _operations_epilog() -> str:
     )
 
 
-@cli.command(epilog=_operations_epilog())
+class _OperationsEpilog(click.Command):
+    """The operations table as the help's epilog, built when help is shown (click's public
+    ``format_epilog``): building it at import would load ``transforms`` for every command."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        self.epilog = self.epilog or _operations_epilog()
+        super().format_epilog(ctx, formatter)
+
+
+@cli.command(cls=_OperationsEpilog)
 @click.argument("name")
 @click.option("--version", "version", required=True, help="Version of this transform (immutable once registered).")
 @click.option(
@@ -81,6 +93,8 @@ def transform(
     corpus: str,
 ) -> None:
     """Apply transform NAME (ImageMagick operations) to every complete source set without its output yet."""
+    from ..transform import TransformReport  # here: other commands never load transform (start-up time)
+
     partial = TransformReport(name, version)
 
     async def go() -> TransformReport:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from ..imagetypes import DEFAULT_EXTENSIONS
 from ..progress import BarProgress, human_bytes
-from ..upload import UploadReport
 from .app import (
     _err,
     _joined,
@@ -22,6 +22,9 @@ from .app import (
     output_options,
     parallel_options,
 )
+
+if TYPE_CHECKING:
+    from ..upload import UploadReport
 
 
 @cli.command()
@@ -51,6 +54,8 @@ def upload(
     corpus: str,
 ) -> None:
     """Crawl ROOT and upload every directory of images as a versioned, tagged ImageSet."""
+
+    from ..upload import UploadReport  # here: a download never loads upload (start-up time)
 
     partial = UploadReport(root=root, version=version)
 

@@ -107,7 +107,7 @@ class Reads(Connection):
     ) -> Answer:
         """One GET (Get Blob or a List Blobs page) with the run's read SAS, its body handed to ``sink``
         (awaited when ``awaited``): a body up to DOWNLOAD_WHOLE (or ``whole``) in one call, a bigger one in
-        chunks of at most DOWNLOAD_CHUNK. Retried like every request (``http.retrying``).
+        chunks of at most STREAM_CHUNK (and DOWNLOAD_CHUNK). Retried like every request (``http.retrying``).
 
         A body cut off part-way (a reset, a timeout, fewer bytes than Content-Length: the blob SDK does not
         retry a ServiceRequestError raised mid-body) is tried again from the first byte not yet handed on,
@@ -146,11 +146,12 @@ class Reads(Connection):
                         got += len(data)
                         await sink(data) if awaited else sink(data)
                 else:
-                    # whole chunks of DOWNLOAD_CHUNK (the last one shorter), not each socket read: a 1 GiB
-                    # blob is ~256 hand-offs to the sink (a thread), not ~16,000
+                    # whole chunks of STREAM_CHUNK (the last one shorter), not each socket read: a 1 GiB
+                    # blob is ~4,000 hand-offs to the sink (a thread), not ~16,000
+                    step = min(tuning.DOWNLOAD_CHUNK, tuning.STREAM_CHUNK)
                     while got < first.size:
                         try:
-                            chunk = await resp.content.readexactly(min(tuning.DOWNLOAD_CHUNK, first.size - got))
+                            chunk = await resp.content.readexactly(min(step, first.size - got))
                         except asyncio.IncompleteReadError as exc:
                             raise aiohttp.ClientPayloadError(f"the body ended after {got} bytes") from exc
                         got += len(chunk)
