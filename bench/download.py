@@ -254,6 +254,7 @@ class DownloadSuite:
         from . import profile
 
         results: dict[str, Any] = {}
+        out_dir.mkdir(parents=True, exist_ok=True)  # a fresh clone has no bench/results yet: py-spy would fail
         out = self._dir("profile", "first", 0)
         shutil.rmtree(out, ignore_errors=True)
         for what in ("first", "rerun"):

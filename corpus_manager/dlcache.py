@@ -42,6 +42,7 @@ class Md5Cache:
     def __init__(self, out_root: Path) -> None:
         self.out_root = out_root
         self.path = out_root / CACHE_NAME
+        self._root = os.path.join(os.fspath(out_root), "")  # with its trailing separator
         self.entries: dict[str, list[Any]] = {}
         self.hashed = 0  # local files read and hashed by this run (a rerun of unchanged files: 0)
         self.lock = threading.Lock()
@@ -56,7 +57,9 @@ class Md5Cache:
             self.entries = data["files"]
 
     def _key(self, target: Path) -> str:
-        return target.relative_to(self.out_root).as_posix()
+        # by string: ``Path.relative_to`` costs more than the rest of a rerun's look-up of a file
+        rel = os.fspath(target)[len(self._root) :]
+        return rel if os.sep == "/" else rel.replace(os.sep, "/")
 
     def md5_of(self, target: Path, st: os.stat_result) -> str | None:
         """The cached MD5 of ``target`` if the file is still the one it was computed for."""
