@@ -8,10 +8,11 @@ character on Windows) are refused, and the resolved path (symbolic links followe
 OUT. A file already there with the blob's size and MD5 is kept (its MD5 from ``dlcache.Md5Cache`` while
 the file is unchanged, so a rerun hashes nothing). A blob up to ``storage.DOWNLOAD_WHOLE`` is fetched
 whole and written in one writer-thread call (``dlcache.write_whole``); a bigger one is streamed to a
-temporary file, hashed as it arrives. Either is checked against the blob's Content-MD5 before it is
-renamed into place: a target is never half-written and a mismatch never passes silently. One thread
-owns each temporary file from creation to rename or unlink (``_TempFile``), so no cancel can strand
-one; a rerun removes those a killed run left (``_remove_if_abandoned``).
+temporary file in ``storage.STREAM_CHUNK`` pieces, hashed as it arrives. Either is checked against the
+blob's Content-MD5 before it is renamed into place: a target is never half-written and a mismatch never
+passes silently. One thread owns each temporary file from creation to rename or unlink (``_TempFile``),
+so no cancel can strand one; a rerun removes those a killed run left (``_remove_if_abandoned``). The name
+checks are ``dltarget``'s.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import contextlib
 import hashlib
 import os
 import queue
-import re
 import stat
 import threading
 import time
@@ -38,6 +38,7 @@ except ImportError:  # Windows refuses to delete a file another process has open
 
 from . import storage as _st
 from .dlcache import Md5Cache, is_temp_name, temp_path, write_whole
+from .dltarget import UnsafeBlobName, local_target, target_and_stat  # noqa: F401 (re-exported)
 from .errors import ConfigError, CorpusError
 from .filemanifest import MANIFEST_FIELDS, manifest_kind, neutralise_cell, write_manifest  # noqa: F401 (re-exported)
 from .query import QueryFilter, SetRow, query_sets
@@ -45,69 +46,9 @@ from .results import Failure, NullProgress, ProgressSink
 from .storage import BlobInfo, Storage
 from .throttle import ThrottleWork, open_file_cap
 
-_DRIVE = re.compile(r"^[A-Za-z]:")
-
-
-class UnsafeBlobName(CorpusError):
-    """A blob name that would land outside --out (or cannot be a portable local path)."""
-
 
 class ChecksumMismatch(CorpusError):
     """What arrived is not what the blob's Content-MD5 says it is."""
-
-
-def local_target(out_root: Path, blob_name: str, known: set[str] | None = None) -> Path:
-    """Where a blob goes under ``out_root`` (already resolved), or UnsafeBlobName. ``known``: directories
-    (as strings) found inside ``out_root`` earlier in the run (each is resolved once, not once per file)."""
-    return target_and_stat(out_root, blob_name, known)[0]
-
-
-def target_and_stat(
-    out_root: Path, blob_name: str, known: set[str] | None = None
-) -> tuple[Path, os.stat_result | None]:
-    """``local_target``, and what is at the target now (its stat, symbolic links followed; None: nothing),
-    known from the one ``lstat`` the symbolic-link check makes anyway (a rerun's stat per file)."""
-    if not blob_name:
-        raise UnsafeBlobName("empty blob name")
-    if "\\" in blob_name:
-        raise UnsafeBlobName("a backslash in a blob name could be a path separator")
-    if blob_name.startswith("/"):
-        raise UnsafeBlobName("an absolute blob name")
-    if "\0" in blob_name:
-        raise UnsafeBlobName("a NUL character in a blob name")
-    # A POSIX file name may hold a newline or a tab, and the file uploaded under that name comes back
-    # under it; Windows refuses control characters in names.
-    if os.name == "nt" and any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in blob_name):
-        raise UnsafeBlobName("a control character in a blob name")
-    parts = blob_name.split("/")
-    for segment in parts:
-        if segment in (".", ".."):
-            raise UnsafeBlobName(f"a {segment!r} path segment")
-        if not segment:
-            raise UnsafeBlobName("an empty path segment")
-        if _DRIVE.match(segment):
-            raise UnsafeBlobName(f"a drive letter in the path segment {segment!r}")
-    # strings, not Path objects, for the per-file work: pathlib's parsing and hashing cost more than the
-    # syscalls on a rerun of small files
-    parent = os.path.join(str(out_root), *parts[:-1])
-    target = os.path.join(parent, parts[-1])
-    # a symbolic link planted under OUT (a directory, or the file itself) must not lead the write elsewhere
-    known = set() if known is None else known
-    if parent not in known and not Path(parent).resolve().is_relative_to(out_root):
-        raise UnsafeBlobName("the path leaves the output directory (through a symbolic link)")
-    try:
-        st: os.stat_result | None = os.lstat(target)
-    except OSError:
-        st = None
-    if st is not None and stat.S_ISLNK(st.st_mode):
-        if not Path(target).resolve().is_relative_to(out_root):
-            raise UnsafeBlobName("the path leaves the output directory (through a symbolic link)")
-        try:
-            st = os.stat(target)
-        except OSError:
-            st = None
-    known.add(parent)
-    return Path(target), st
 
 
 @dataclass
