@@ -10,24 +10,16 @@ from .download import DownloadReport, download_sets
 from .errors import ConfigError, CorpusError
 from .models import ImageTransform
 from .query import QueryFilter, QueryResult, open_for_reading, query_sets
-from .release import Release, ReleaseDefinition, ReleaseReport, create_release, list_release_rows, load_release
-from .release.fetch import download_release
-from .release.inspect import (
-    ReleaseDiff,
-    VerifyReleaseReport,
-    diff_releases,
-    list_releases,
-    release_sets,
-    verify_release,
-)
-from .report import ReleaseTable, ReportModel
-from .report.run import check_out, run_report
 from .results import Failure, ProgressSink
 from .storage import Storage
 
-# Imported by the methods that use them: a download or a query never loads upload, transform, status
-# (nor the transforms package), which is start-up time every run pays (a no-op rerun is mostly start-up).
+# Imported by the methods that use them: a download or a query never loads upload, transform, status,
+# release or report (nor the transforms package or jinja2 they import), which is start-up time every run
+# pays (a no-op rerun is mostly start-up; tests/test_fastread.py checks the list).
 if TYPE_CHECKING:
+    from .release import Release, ReleaseReport
+    from .release.inspect import ReleaseDiff, VerifyReleaseReport
+    from .report import ReportModel
     from .status import StatusReport
     from .transform import TransformReport
     from .upload import UploadReport
@@ -123,6 +115,9 @@ class Corpus:
         if release is not None:
             _release_alone(filters)
             await open_for_reading(self.storage)
+            from .release import load_release
+            from .release.inspect import release_sets
+
             return release_sets(await load_release(self.storage, release))
         await open_for_reading(self.storage)
         return await query_sets(self.storage, filters)
@@ -159,6 +154,8 @@ class Corpus:
         result = report
         try:
             if release is not None:
+                from .release.fetch import download_release
+
                 result = await download_release(
                     self.storage,
                     release,
@@ -196,6 +193,7 @@ class Corpus:
         """Sets by status, totals, per-transform progress and tag counts; ``repair`` indexes complete
         sets that have no tag rows; ``verify`` lists every complete set and sets back to pending those
         whose blobs storage lost (one listing per set: see ``corpus_manager.verify``)."""
+        from .release import list_release_rows
         from .status import corpus_status
 
         await open_for_reading(self.storage)
@@ -281,6 +279,11 @@ class Corpus:
         cached, the images shown as placeholders (undecodable) with the reason. ``page_sets``: source sets
         (each with its outputs) per page. ``release``: the sets release NAME uses (instead of the
         filters), and its images per split and label."""
+        from .release import load_release
+        from .release.inspect import release_sets
+        from .report import ReleaseTable
+        from .report.run import check_out, run_report
+
         filters = QueryFilter(_tag_tuple(tags), any_tag, version, transform, originals)
         if release is not None:
             _release_alone(filters)
@@ -331,6 +334,8 @@ class Corpus:
         blob name and MD5, labelled (``label``: ``"leaf"`` or ``"T1,T2"``) and split (``split`` like
         ``"train=80,val=10,test=10"``, by ``split_by`` ``"set"`` or ``"image"``, placed by ``seed``).
         The same name and definition again returns the existing release and writes nothing."""
+        from .release import ReleaseDefinition, create_release
+
         definition = ReleaseDefinition.make(
             _tag_tuple(tags),
             any_tag=any_tag,
@@ -346,17 +351,23 @@ class Corpus:
 
     async def release(self, name: str) -> Release:
         """Release ``name``: its row's fields and its manifest records (iterate it, or ``.records``)."""
+        from .release import load_release
+
         await open_for_reading(self.storage)
         return await load_release(self.storage, name)
 
     async def releases(self, *, containing: str | None = None) -> list[Release]:
         """Every release (rows only, no records), by name; ``containing`` (``PATH[@VERSION]``): only those
         that use that set, directly or through a transform output made from it."""
+        from .release.inspect import list_releases
+
         await open_for_reading(self.storage)
         return await list_releases(self.storage, containing)
 
     async def diff_releases(self, a: str, b: str) -> ReleaseDiff:
         """Images only in release ``a``, only in ``b``, and those whose MD5 differs."""
+        from .release.inspect import diff_releases
+
         await open_for_reading(self.storage)
         return await diff_releases(self.storage, a, b)
 
@@ -370,6 +381,8 @@ class Corpus:
     ) -> VerifyReleaseReport:
         """Check every image of release ``name`` against storage: exists, size, stored Content-MD5
         (one listing per set); ``deep`` re-reads every byte and recomputes its MD5."""
+        from .release.inspect import verify_release
+
         self.storage.pool_size = max(self.storage.pool_size, max_parallel_downloads)
         await open_for_reading(self.storage)
         return await verify_release(

@@ -351,8 +351,8 @@ def test_a_missing_blob_is_not_found(conn: str, corpus_name: str) -> None:
 
 
 # What a download must never load: the blob SDK (its reads are thin requests), nor what only other commands
-# use (upload, transform, status, the transforms package, Wand/ImageMagick, torch, jinja2, rich, the
-# identity library for --account-url). Each is start-up time a no-op rerun would pay.
+# use (upload, transform, status, release, report, the transforms package, Wand/ImageMagick, torch,
+# jinja2, rich, the identity library for --account-url). Each is start-up time a no-op rerun would pay.
 _NOT_FOR_A_DOWNLOAD = (
     "azure.storage.blob",
     "azure.identity",
@@ -365,6 +365,8 @@ _NOT_FOR_A_DOWNLOAD = (
     "corpus_manager.upload",
     "corpus_manager.transform",
     "corpus_manager.status",
+    "corpus_manager.release",
+    "corpus_manager.report",
 )
 
 

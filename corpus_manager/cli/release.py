@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from ..progress import BarProgress, human_bytes
-from ..release import Release, ReleaseDefinition, ReleaseReport
-from ..release.inspect import ReleaseDiff, VerifyReleaseReport
 from .app import (
     _err,
     _filters,
@@ -22,6 +21,11 @@ from .app import (
     output_options,
     query_options,
 )
+
+# Imported when used: other commands (a download) never load them (start-up time).
+if TYPE_CHECKING:
+    from ..release import Release, ReleaseReport
+    from ..release.inspect import ReleaseDiff, VerifyReleaseReport
 
 
 @cli.group()
@@ -108,6 +112,8 @@ def format_release(
     rel: Release, *, head: str | None = None, left_out: dict[str, int] | None = None, detail: bool = False
 ) -> str:
     """The human view of a release; ``detail`` adds the sets, transforms and source sets (needs records)."""
+    from ..release import ReleaseDefinition
+
     try:
         described = ReleaseDefinition.from_json(rel.definition).describe()
     except Exception:  # a definition this version cannot read: show it raw rather than fail

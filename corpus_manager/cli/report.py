@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from ..progress import BarProgress, human_bytes
-from ..report import ReportModel
 from .app import (
     _filters,
     _joined,
@@ -21,6 +21,10 @@ from .app import (
     output_options,
     query_options,
 )
+
+# Imported when used: other commands (a download) never load them (start-up time).
+if TYPE_CHECKING:
+    from ..report import ReportModel
 
 
 @cli.command()
