@@ -111,9 +111,8 @@ class Corpus:
         ``version``, made by ``transform`` (``NAME`` or ``NAME@TV``) or ``originals`` only; sorted by
         (path, version, transform). No tags: every complete set. ``release``: the sets release NAME uses
         (with its images of each), instead of the filters."""
-        filters = QueryFilter(_tag_tuple(tags), any_tag, version, transform, originals)
+        filters = _selection(tags, any_tag, version, transform, originals, release)
         if release is not None:
-            _release_alone(filters)
             await open_for_reading(self.storage)
             from .release import load_release
             from .release.inspect import release_sets
@@ -143,11 +142,9 @@ class Corpus:
         write ``manifest`` (``.jsonl`` or ``.csv``) if given. ``release``: the images of release NAME
         instead (only its ``split``, if given), laid out by blob name or, with ``layout="imagefolder"``,
         as ``{split}/{label}/{file}``."""
-        filters = QueryFilter(_tag_tuple(tags), any_tag, version, transform, originals)
+        filters = _selection(tags, any_tag, version, transform, originals, release)
         if release is None and (split is not None or layout != "blob"):
             raise ConfigError("--split and --layout need --release")
-        if release is not None:
-            _release_alone(filters)
         self.storage.pool_size = max(self.storage.pool_size, max_parallel_downloads)
         before = self.storage.stats.retries
         await open_for_reading(self.storage)
@@ -284,9 +281,7 @@ class Corpus:
         from .report import ReleaseTable
         from .report.run import check_out, run_report
 
-        filters = QueryFilter(_tag_tuple(tags), any_tag, version, transform, originals)
-        if release is not None:
-            _release_alone(filters)
+        filters = _selection(tags, any_tag, version, transform, originals, release)
         check_out(out)  # a usage error before storage is reached
         await open_for_reading(self.storage)
         rows, table = None, None
@@ -399,6 +394,21 @@ def _release_alone(filters: QueryFilter) -> None:
 
 def _tag_tuple(tags: tuple[str, ...] | list[str] | str) -> tuple[str, ...]:
     return (tags,) if isinstance(tags, str) else tuple(tags)  # query("robin") means one tag, not five
+
+
+def _selection(
+    tags: tuple[str, ...] | list[str] | str,
+    any_tag: bool,
+    version: str | None,
+    transform: str | None,
+    originals: bool,
+    release: str | None,
+) -> QueryFilter:
+    """The sets a call selects by the query filters; they exclude ``release`` (it selects them instead)."""
+    filters = QueryFilter(_tag_tuple(tags), any_tag, version, transform, originals)
+    if release is not None:
+        _release_alone(filters)
+    return filters
 
 
 __all__ = ["Corpus"]

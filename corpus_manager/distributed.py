@@ -31,16 +31,15 @@ from types import ModuleType
 from typing import Any
 
 import transforms
-from transforms import Spec
 
 from .config import ConnectionInfo, connection_from_settings, redact
 from .errors import ConfigError, CorpusError
 from .lifecycle import ClaimLost
 from .models import ImageSet, SetIdentity
-from .results import Failure, ProgressSink, failure_reason
+from .results import Failure, failure_reason
 from .storage import Storage
 from .throttle import ThrottleWork
-from .transformjob import Fence, Plan, TransformJob, TransformReport, TransformSetOutcome, transform_image
+from .transformjob import Fence, JobArgs, Plan, TransformJob, TransformSetOutcome, transform_image
 
 SCHEDULER_ENV = "CORPUS_DASK_SCHEDULER"
 CONNECTION_ENV = "AZURE_STORAGE_CONNECTION_STRING"
@@ -287,38 +286,25 @@ class ClusterTransformJob(TransformJob):
 
 
 async def run_on_cluster(
-    storage: Storage,
-    name: str,
-    version: str,
-    spec: Spec,
+    job_args: JobArgs,
     plans: list[Plan],
     *,
     scheduler: str,
     register: Callable[[str], Awaitable[None]] | None,
-    report: TransformReport,
-    progress: ProgressSink,
-    max_parallel_upserts: int,
 ) -> None:
-    """Run the planned sets on the Dask cluster at ``scheduler``; fills ``report`` as the local pool does.
+    """Run the planned sets on the Dask cluster at ``scheduler``; fills the report as the local pool does.
     ``register``: registers the transform with the workers' ImageMagick version (None: registered)."""
     distributed = require_distributed()
     client = await _connect(distributed, scheduler)
     try:
         threads = await _worker_threads(client, scheduler)
-        report.workers = threads
+        job_args.report.workers = threads
         if register is not None:
             # the ImageMagick version is the workers' (the client never loads wand)
             future = client.submit(transforms.imagemagick_version, pure=False, retries=TASK_RETRIES)
             await register(await future)
-        progress.grow(files=sum(p.source.image_count for p in plans))
         job = ClusterTransformJob(
-            storage,
-            name,
-            version,
-            spec,
-            ThrottleWork(max_parallel_upserts),
-            progress,
-            report,
+            **job_args.args(),
             client=client,
             killed_worker=distributed.KilledWorker,
             # two tasks per worker thread: one running, one queued, so no worker waits on the client

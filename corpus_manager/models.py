@@ -189,8 +189,34 @@ def content_digest(pairs: Iterable[tuple[str, str]]) -> str:
     return h.hexdigest()
 
 
+class OfIdentity:
+    """A row about one set (an ImageSets row, a query result line): its identity's parts, read through."""
+
+    identity: SetIdentity
+
+    @property
+    def path(self) -> str:
+        return self.identity.path
+
+    @property
+    def version(self) -> str:
+        return self.identity.version
+
+    @property
+    def transform_name(self) -> str:
+        return self.identity.transform_name
+
+    @property
+    def transform_version(self) -> str:
+        return self.identity.transform_version
+
+    @property
+    def blob_prefix(self) -> str:
+        return self.identity.blob_prefix
+
+
 @dataclass
-class ImageSet:
+class ImageSet(OfIdentity):
     """One row of the ImageSets table."""
 
     identity: SetIdentity
@@ -202,18 +228,6 @@ class ImageSet:
     source_set: str = ""
     indexed: bool = False
     etag: str | None = None
-
-    @property
-    def path(self) -> str:
-        return self.identity.path
-
-    @property
-    def version(self) -> str:
-        return self.identity.version
-
-    @property
-    def blob_prefix(self) -> str:
-        return self.identity.blob_prefix
 
     @property
     def is_complete(self) -> bool:

@@ -20,7 +20,7 @@ from typing import Any
 
 from .errors import ConfigError, CorpusError, CorruptRow, NotFound
 from .keys import FIELD_SEP, escape
-from .models import COMPLETE, ORIGINAL_PARTITION, ImageSet, SetIdentity, check_name, tag_partition
+from .models import COMPLETE, ORIGINAL_PARTITION, ImageSet, OfIdentity, SetIdentity, check_name, tag_partition
 from .results import Failure
 from .storage import Row, Storage, Where, eq, ge, lt
 from .throttle import ThrottleWork
@@ -104,7 +104,7 @@ class QueryFilter:
 
 
 @dataclass(frozen=True)
-class SetRow:
+class SetRow(OfIdentity):
     """One result line: a complete set and what a user or a download needs of it."""
 
     identity: SetIdentity
@@ -112,26 +112,6 @@ class SetRow:
     images: int
     bytes: int
     content_digest: str = ""
-
-    @property
-    def path(self) -> str:
-        return self.identity.path
-
-    @property
-    def version(self) -> str:
-        return self.identity.version
-
-    @property
-    def transform_name(self) -> str:
-        return self.identity.transform_name
-
-    @property
-    def transform_version(self) -> str:
-        return self.identity.transform_version
-
-    @property
-    def blob_prefix(self) -> str:
-        return self.identity.blob_prefix
 
     @property
     def sort_key(self) -> tuple[str, str, str, str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from .config import redact
 from .errors import CorpusError
@@ -38,6 +38,50 @@ def _is_image_error(exc: BaseException) -> bool:
     of start-up): an exception of a module not yet imported cannot be one of its classes."""
     errors = sys.modules.get("transforms.errors")
     return errors is not None and isinstance(exc, errors.ImageError)
+
+
+def per_second(count: int, elapsed: float) -> float:
+    """A run's rate: ``count`` over ``elapsed`` seconds (0 for a run that took no measurable time)."""
+    return count / elapsed if elapsed > 0 else 0.0
+
+
+class _HasStatus(Protocol):
+    @property
+    def status(self) -> str: ...
+
+
+SetT = TypeVar("SetT", bound=_HasStatus)
+
+
+class SetRunReport(Generic[SetT]):
+    """What the reports of runs over sets (upload, transform) share: the sets by status, and the run is
+    ok (exit 0) when nothing failed and it was not interrupted (else exit 1)."""
+
+    sets: list[SetT]
+    failures: list[Failure]
+    interrupted: bool
+
+    def sets_with(self, status: str) -> list[SetT]:
+        return [s for s in self.sets if s.status == status]
+
+    def _count(self, status: str) -> int:
+        return sum(1 for s in self.sets if s.status == status)
+
+    @property
+    def sets_skipped(self) -> int:
+        return self._count("skipped")
+
+    @property
+    def sets_failed(self) -> int:
+        return self._count("failed")
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and not self.interrupted
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.ok else 1
 
 
 class ProgressSink(Protocol):

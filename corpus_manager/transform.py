@@ -34,6 +34,7 @@ from .throttle import ThrottleWork
 from .transformjob import (
     Fence,
     ImageOutput,
+    JobArgs,
     Plan,
     TransformJob,
     TransformReport,
@@ -256,6 +257,15 @@ async def run_transform(
             await index_outputs(storage, unindexed, max_parallel_upserts, report)
         if registered and not plans:
             return report  # nothing to do: no worker is started
+        job_args = JobArgs(
+            storage=storage,
+            name=name,
+            version=version,
+            spec=spec,
+            upserts=ThrottleWork(max_parallel_upserts),
+            progress=progress,
+            report=report,
+        )
         if scheduler is not None:
             from .distributed import run_on_cluster
 
@@ -264,18 +274,7 @@ async def run_transform(
             async def register(im_version: str) -> None:
                 report.registered = await register_transform(storage, name, version, spec, source_label, im_version)
 
-            await run_on_cluster(
-                storage,
-                name,
-                version,
-                spec,
-                plans,
-                scheduler=scheduler,
-                register=None if registered else register,
-                report=report,
-                progress=progress,
-                max_parallel_upserts=max_parallel_upserts,
-            )
+            await run_on_cluster(job_args, plans, scheduler=scheduler, register=None if registered else register)
             return report
         if pool is None:
             pool = own_pool = transforms.create_pool(workers)
@@ -283,15 +282,8 @@ async def run_transform(
             # the ImageMagick version is the workers' (the parent never loads wand)
             im_version = await asyncio.get_running_loop().run_in_executor(pool, transforms.imagemagick_version)
             report.registered = await register_transform(storage, name, version, spec, source_label, im_version)
-        progress.grow(files=sum(p.source.image_count for p in plans))
         job = PoolTransformJob(
-            storage,
-            name,
-            version,
-            spec,
-            ThrottleWork(max_parallel_upserts),
-            progress,
-            report,
+            **job_args.args(),
             pool=pool,
             images=ThrottleWork(max(2, workers * 3)),  # enough in flight that workers never wait on storage
         )

@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import transforms
@@ -22,7 +22,7 @@ from transforms import Spec
 from .errors import CorpusError
 from .lifecycle import ClaimLost, Lease, RunWriters, SetRun, SetWriter
 from .models import COMPLETE, SOURCE_ORIGINALS, ImageSet, SetIdentity, content_digest
-from .results import Failure, ProgressSink, failure_reason
+from .results import Failure, ProgressSink, SetRunReport, failure_reason, per_second
 from .storage import Storage
 from .throttle import ThrottleWork
 
@@ -46,7 +46,7 @@ class TransformSetOutcome:
 
 
 @dataclass
-class TransformReport:
+class TransformReport(SetRunReport[TransformSetOutcome]):
     name: str
     version: str
     command_line: str = ""
@@ -61,20 +61,9 @@ class TransformReport:
     registered: bool = False  # this run registered the transform
     scheduler: str | None = None  # the Dask scheduler the job ran on (None: the local pool)
 
-    def _count(self, status: str) -> int:
-        return sum(1 for s in self.sets if s.status == status)
-
     @property
     def sets_transformed(self) -> int:
         return self._count("transformed")
-
-    @property
-    def sets_skipped(self) -> int:
-        return self._count("skipped")
-
-    @property
-    def sets_failed(self) -> int:
-        return self._count("failed")
 
     @property
     def images_transformed(self) -> int:
@@ -82,15 +71,7 @@ class TransformReport:
 
     @property
     def images_per_second(self) -> float:
-        return self.images_transformed / self.elapsed if self.elapsed > 0 else 0.0
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures and not self.interrupted
-
-    @property
-    def exit_code(self) -> int:
-        return 0 if self.ok else 1
+        return per_second(self.images_transformed, self.elapsed)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -158,9 +139,9 @@ async def transform_image(
 
 
 @dataclass
-class TransformJob:
-    """The output sets of one transform run (see the module docstring); ``process`` is the one part a
-    subclass gives."""
+class JobArgs:
+    """What every transform job is made of (a job's own fields aside): made once by ``run_transform``,
+    for the local pool's job or the cluster's."""
 
     storage: Storage
     name: str
@@ -169,6 +150,17 @@ class TransformJob:
     upserts: ThrottleWork
     progress: ProgressSink
     report: TransformReport
+
+    def args(self) -> dict[str, Any]:
+        """These fields as keyword arguments, for a job's constructor."""
+        return {f.name: getattr(self, f.name) for f in fields(JobArgs)}
+
+
+@dataclass
+class TransformJob(JobArgs):
+    """The output sets of one transform run (see the module docstring); ``process`` is the one part a
+    subclass gives."""
+
     writers: RunWriters = field(init=False)
 
     def __post_init__(self) -> None:
@@ -286,6 +278,7 @@ class TransformJob:
         def failed(plan: Plan, error: BaseException) -> None:
             self.report.failures.append(Failure(f"set {plan.source.identity}", failure_reason(error)))
 
+        self.progress.grow(files=sum(p.source.image_count for p in plans))
         sets = SetRun(
             lambda p: TransformSetOutcome(p.source.path, p.source.version, "interrupted"), self.report.sets, failed
         )

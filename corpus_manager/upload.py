@@ -29,7 +29,7 @@ from .hashing import KEEP_BUDGET, PUT_BUDGET, HashedFile, KeepBudget, hash_set
 from .imagetypes import CONTENT_TYPES
 from .lifecycle import ClaimLost, Lease, RunWriters, SetRun, SetWriter
 from .models import COMPLETE, ORIGINAL_PARTITION, ImageSet, SetIdentity, check_name, content_digest
-from .results import Failure, NullProgress, ProgressSink, failure_reason
+from .results import Failure, NullProgress, ProgressSink, SetRunReport, failure_reason, per_second
 from .storage import BlobInfo, Storage, eq
 from .throttle import ByteBudget, ThrottleWork, iterate_in_thread, open_file_cap
 
@@ -51,7 +51,7 @@ class SetOutcome:
 
 
 @dataclass
-class UploadReport:
+class UploadReport(SetRunReport[SetOutcome]):
     root: str
     version: str
     dry_run: bool = False
@@ -70,36 +70,17 @@ class UploadReport:
     retries: int = 0  # requests storage failed (error, reset, no answer) that were tried again
     warnings: list[str] = field(default_factory=list)
 
-    def _count(self, status: str) -> int:
-        return sum(1 for s in self.sets if s.status == status)
-
     @property
     def sets_uploaded(self) -> int:
         return self._count("uploaded")
-
-    @property
-    def sets_skipped(self) -> int:
-        return self._count("skipped")
 
     @property
     def sets_refused(self) -> int:
         return self._count("refused")
 
     @property
-    def sets_failed(self) -> int:
-        return self._count("failed")
-
-    @property
     def files_per_second(self) -> float:
-        return self.files_uploaded / self.elapsed if self.elapsed > 0 else 0.0
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures and not self.interrupted
-
-    @property
-    def exit_code(self) -> int:
-        return 0 if self.ok else 1
+        return per_second(self.files_uploaded, self.elapsed)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -4,13 +4,14 @@ that maps library exceptions to one line and an exit code (``_run``), and result
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import signal
 import sys
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import click
 
@@ -173,6 +174,86 @@ def _print_failures(failures: list[Failure], limit: int = 50) -> None:
         _err(f"... and {len(failures) - limit} more (use --json for the full list)")
 
 
+class _Result(Protocol):
+    def to_json(self) -> Any: ...
+
+
+class _Outcome(_Result, Protocol):
+    @property
+    def exit_code(self) -> int: ...
+
+
+ResultT = TypeVar("ResultT", bound=_Result)
+OutcomeT = TypeVar("OutcomeT", bound=_Outcome)
+
+
+def _show(
+    result: ResultT,
+    as_json: bool,
+    render: Callable[[ResultT], str],
+    failures: list[Failure] | None = None,
+    warnings: list[str] | None = None,
+) -> None:
+    """A result as every command prints it: ``--json`` on stdout, or its warnings and failures on stderr
+    and ``render``'s summary on stdout."""
+    if as_json:
+        _print_json(result.to_json())
+        return
+    for w in warnings or []:
+        _err(_printable(f"warning: {w}"))
+    _print_failures(failures or [])
+    click.echo(render(result))
+
+
+def _finish(
+    result: OutcomeT,
+    as_json: bool,
+    render: Callable[[OutcomeT], str],
+    failures: list[Failure] | None = None,
+    warnings: list[str] | None = None,
+) -> NoReturn:
+    """``_show`` the result, then exit with its code."""
+    _show(result, as_json, render, failures, warnings)
+    sys.exit(result.exit_code)
+
+
+class _Partial(_Result, Protocol):
+    interrupted: bool
+
+
+class _RunReport(_Outcome, _Partial, Protocol):
+    failures: list[Failure]
+
+
+RunT = TypeVar("RunT", bound=_RunReport)
+
+
+def _finish_run(
+    make: Callable[[], Awaitable[RunT]],
+    partial: RunT,
+    as_json: bool,
+    render: Callable[[RunT], str],
+    warnings: Callable[[RunT], list[str]] | None = None,
+) -> NoReturn:
+    """A command whose library call fills ``partial`` as it runs (upload, download, transform): run it
+    (interrupted: ``partial`` summarised), then ``_finish`` with its failures and ``warnings``."""
+
+    def summarise() -> None:  # interrupted: what ``partial`` holds, as the finished report would print
+        partial.interrupted = True
+        _print_json(partial.to_json()) if as_json else click.echo(render(partial))
+
+    report = _run(make, summarise)
+    _finish(report, as_json, render, report.failures, warnings(report) if warnings else None)
+
+
+def _planned(head: str, items: list[str], limit: int = 20) -> str:
+    """A dry run's summary: ``head``, then the sets it would process (the first ``limit`` of them)."""
+    lines = [head, *(f"  {item}" for item in items[:limit])]
+    if len(items) > limit:
+        lines.append(f"  ... and {len(items) - limit} more sets")
+    return _joined(lines)
+
+
 # ----- commands ------------------------------------------------------------------------------
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="corpus-manager", prog_name="corpus")
@@ -180,35 +261,42 @@ def cli() -> None:
     """Keep a corpus of training images in Azure Blob Storage, indexed in Azure Table Storage."""
 
 
-def query_options(fn: F) -> F:
-    """The set filters `query` and `download` share."""
-    fn = click.option("--originals", is_flag=True, help="Only original (untransformed) sets.")(fn)
-    fn = click.option(
+def query_options(fn: Callable[..., None]) -> Callable[..., None]:
+    """The set filters `query`, `download`, `report` and `release create` share. The command gets them
+    as one ``filters`` argument: the library's keyword arguments, checked (a usage error before anything
+    else runs)."""
+
+    @functools.wraps(fn)  # keeps the options below it and the help text
+    def command(
+        *args: Any,
+        tags: tuple[str, ...],
+        any_tag: bool,
+        version: str | None,
+        transform: str | None,
+        originals: bool,
+        **kwargs: Any,
+    ) -> None:
+        if transform is not None and originals:
+            raise click.UsageError("--transform and --originals exclude each other")
+        filters = {"tags": tags, "any_tag": any_tag, "version": version, "transform": transform, "originals": originals}
+        fn(*args, filters=filters, **kwargs)
+
+    out: Callable[..., None] = command
+    out = click.option("--originals", is_flag=True, help="Only original (untransformed) sets.")(out)
+    out = click.option(
         "--transform",
         "transform",
         metavar="NAME[@TV]",
         default=None,
         help="Only the outputs of transform NAME (of version TV, if given).",
-    )(fn)
-    fn = click.option("--version", "version", default=None, help="Only sets of this version.")(fn)
-    fn = click.option("--any", "any_tag", is_flag=True, help="Sets with any of the tags (default: all of them).")(fn)
-    fn = click.option(
+    )(out)
+    out = click.option("--version", "version", default=None, help="Only sets of this version.")(out)
+    out = click.option("--any", "any_tag", is_flag=True, help="Sets with any of the tags (default: all of them).")(out)
+    out = click.option(
         "--tag",
         "tags",
         multiple=True,
         metavar="T",
         help="A tag the sets must carry; repeat for several. Matched case-insensitively.",
-    )(fn)
-    return fn
-
-
-def _check_filters(transform: str | None, originals: bool) -> None:
-    if transform is not None and originals:
-        raise click.UsageError("--transform and --originals exclude each other")
-
-
-def _filters(
-    tags: tuple[str, ...], any_tag: bool, version: str | None, transform: str | None, originals: bool
-) -> dict[str, Any]:
-    _check_filters(transform, originals)
-    return {"tags": tags, "any_tag": any_tag, "version": version, "transform": transform, "originals": originals}
+    )(out)
+    return out

@@ -6,7 +6,7 @@ import csv
 import io
 import json
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -15,7 +15,8 @@ from ..progress import BarProgress, human_bytes
 from ..query import QueryResult
 from .app import (
     _err,
-    _filters,
+    _finish,
+    _finish_run,
     _joined,
     _open,
     _print_failures,
@@ -45,11 +46,7 @@ if TYPE_CHECKING:
 @output_options
 @connection_options
 def query(
-    tags: tuple[str, ...],
-    any_tag: bool,
-    version: str | None,
-    transform: str | None,
-    originals: bool,
+    filters: dict[str, Any],
     fmt: str | None,
     release: str | None,
     as_json: bool,
@@ -61,7 +58,6 @@ def query(
     if as_json and fmt not in (None, "json"):
         raise click.UsageError(f"--json and --format {fmt} exclude each other")
     fmt = "json" if as_json else fmt or ("table" if sys.stdout.isatty() else "json")
-    filters = _filters(tags, any_tag, version, transform, originals)
 
     async def go() -> QueryResult:
         async with _open(connection_string, account_url, corpus) as c:
@@ -149,11 +145,7 @@ def format_query_table(result: QueryResult) -> str:
 @output_options
 @connection_options
 def download(
-    tags: tuple[str, ...],
-    any_tag: bool,
-    version: str | None,
-    transform: str | None,
-    originals: bool,
+    filters: dict[str, Any],
     out: str,
     manifest: str | None,
     max_parallel_downloads: int,
@@ -166,7 +158,6 @@ def download(
     corpus: str,
 ) -> None:
     """Download the images of the matching complete sets into --out, with an optional manifest."""
-    filters = _filters(tags, any_tag, version, transform, originals)
     partial = DownloadReport(out=out)
 
     async def go() -> DownloadReport:
@@ -184,19 +175,7 @@ def download(
                     **filters,
                 )
 
-    def interrupted() -> None:
-        partial.interrupted = True
-        _print_json(partial.to_json()) if as_json else click.echo(format_download(partial))
-
-    report = _run(go, interrupted)
-    if as_json:
-        _print_json(report.to_json())
-    else:
-        for w in report.warnings:
-            _err(_printable(f"warning: {w}"))
-        _print_failures(report.failures)
-        click.echo(format_download(report))
-    sys.exit(report.exit_code)
+    _finish_run(go, partial, as_json, format_download, lambda r: r.warnings)
 
 
 def format_download(r: DownloadReport) -> str:
@@ -269,12 +248,7 @@ def status(
                 return await c.status(repair=repair, verify=verify, progress=bar)
 
     report = _run(go)
-    if as_json:
-        _print_json(report.to_json())
-    else:
-        _print_failures(report.problems)
-        click.echo(format_status(report, top))
-    sys.exit(report.exit_code)
+    _finish(report, as_json, lambda r: format_status(r, top), report.problems)
 
 
 def format_status(r: StatusReport, top: int = 10) -> str:

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..progress import BarProgress, human_bytes
 from .app import (
     _err,
-    _filters,
+    _finish,
     _joined,
     _open,
-    _print_failures,
     _print_json,
     _run,
+    _show,
     cli,
     connection_options,
     output_options,
@@ -64,11 +63,7 @@ def release() -> None:
 @connection_options
 def release_create(
     name: str,
-    tags: tuple[str, ...],
-    any_tag: bool,
-    version: str | None,
-    transform: str | None,
-    originals: bool,
+    filters: dict[str, Any],
     split: str | None,
     split_by: str,
     seed: int,
@@ -79,7 +74,6 @@ def release_create(
     corpus: str,
 ) -> None:
     """Create release NAME from the complete sets the filters select (`corpus query`'s)."""
-    filters = _filters(tags, any_tag, version, transform, originals)
 
     async def go() -> ReleaseReport:
         async with _open(connection_string, account_url, corpus) as c:
@@ -88,12 +82,7 @@ def release_create(
                     name, split=split, split_by=split_by, seed=seed, label=label, progress=bar, **filters
                 )
 
-    report = _run(go)
-    if as_json:
-        _print_json(report.to_json())
-    else:
-        click.echo(format_create(report))
-    sys.exit(report.exit_code)
+    _finish(_run(go), as_json, format_create)
 
 
 def format_create(r: ReleaseReport) -> str:
@@ -153,11 +142,7 @@ def release_show(name: str, as_json: bool, connection_string: str | None, accoun
         async with _open(connection_string, account_url, corpus) as c:
             return await c.release(name)
 
-    rel = _run(go)
-    if as_json:
-        _print_json(rel.to_json())
-    else:
-        click.echo(format_release(rel, left_out=rel.left_out, detail=True))
+    _show(_run(go), as_json, lambda rel: format_release(rel, left_out=rel.left_out, detail=True))
 
 
 @release.command("list")
@@ -212,11 +197,7 @@ def release_diff(
         async with _open(connection_string, account_url, corpus) as c:
             return await c.diff_releases(a, b)
 
-    diff = _run(go)
-    if as_json:
-        _print_json(diff.to_json())
-    else:
-        click.echo(format_diff(diff))
+    _show(_run(go), as_json, format_diff)
 
 
 def format_diff(d: ReleaseDiff, limit: int = 20) -> str:
@@ -269,12 +250,7 @@ def release_verify(
                 )
 
     report = _run(go)
-    if as_json:
-        _print_json(report.to_json())
-    else:
-        _print_failures(report.failures)
-        click.echo(format_verify(report))
-    sys.exit(report.exit_code)
+    _finish(report, as_json, format_verify, report.failures)
 
 
 def format_verify(r: VerifyReleaseReport) -> str:

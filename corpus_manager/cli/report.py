@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 import os
-import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..progress import BarProgress, human_bytes
-from .app import (
-    _filters,
-    _joined,
-    _open,
-    _print_failures,
-    _print_json,
-    _run,
-    cli,
-    connection_options,
-    output_options,
-    query_options,
-)
+from .app import _finish, _joined, _open, _run, cli, connection_options, output_options, query_options
 
 # Imported when used: other commands (a download) never load them (start-up time).
 if TYPE_CHECKING:
@@ -52,11 +40,7 @@ if TYPE_CHECKING:
 @output_options
 @connection_options
 def report(
-    tags: tuple[str, ...],
-    any_tag: bool,
-    version: str | None,
-    transform: str | None,
-    originals: bool,
+    filters: dict[str, Any],
     out: str,
     per_set: int,
     release: str | None,
@@ -68,7 +52,6 @@ def report(
 ) -> None:
     """Write a static report of the matching complete sets into --out: totals, charts, and a contact
     sheet per set with its transform outputs beside it. Opens from disk, no network needed."""
-    filters = _filters(tags, any_tag, version, transform, originals)
 
     async def go() -> ReportModel:
         async with _open(connection_string, account_url, corpus) as c:
@@ -76,12 +59,7 @@ def report(
                 return await c.report(out, per_set=per_set, release=release, workers=workers, progress=bar, **filters)
 
     model = _run(go)
-    if as_json:
-        _print_json(model.to_json())
-    else:
-        _print_failures(model.failures)
-        click.echo(format_report(model))
-    sys.exit(model.exit_code)
+    _finish(model, as_json, format_report, model.failures)
 
 
 def format_report(m: ReportModel) -> str:

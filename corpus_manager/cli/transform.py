@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import json
-import sys
 from typing import TYPE_CHECKING
 
 import click
 
 from ..models import ImageTransform
 from ..progress import BarProgress
-from .app import _joined, _open, _print_failures, _print_json, _printable, _run, cli, connection_options, output_options
+from .app import (
+    _finish_run,
+    _joined,
+    _open,
+    _planned,
+    _print_json,
+    _printable,
+    _run,
+    cli,
+    connection_options,
+    output_options,
+)
 
 if TYPE_CHECKING:
     from ..transform import TransformReport
@@ -115,31 +125,18 @@ def transform(
                     scheduler=scheduler,
                 )
 
-    def interrupted() -> None:
-        partial.interrupted = True
-        _print_json(partial.to_json()) if as_json else click.echo(format_transform(partial))
-
-    report = _run(go, interrupted)
-    if as_json:
-        _print_json(report.to_json())
-    else:
-        _print_failures(report.failures)
-        click.echo(format_transform(report))
-    sys.exit(report.exit_code)
+    _finish_run(go, partial, as_json, format_transform)
 
 
 def format_transform(r: TransformReport) -> str:
     label = f"{r.name}@{r.version}"
     if r.dry_run:
-        planned = [s for s in r.sets if s.status == "planned"]
-        lines = [
+        planned = r.sets_with("planned")
+        return _planned(
             f"Dry run: transform {label} (`{r.command_line}`) would process {len(planned)} sets "
-            f"({sum(s.images for s in planned)} images) from {r.source}; {r.sets_skipped} already done."
-        ]
-        lines += [f"  {s.path or '(root)'}@{s.version}: {s.images} images" for s in planned[:20]]
-        if len(planned) > 20:
-            lines.append(f"  ... and {len(planned) - 20} more sets")
-        return _joined(lines)
+            f"({sum(s.images for s in planned)} images) from {r.source}; {r.sets_skipped} already done.",
+            [f"{s.path or '(root)'}@{s.version}: {s.images} images" for s in planned],
+        )
     if r.interrupted:
         head = f"Interrupted: transform {label} is partly done; unfinished sets stay pending and a rerun finishes them"
     elif not r.sets and not r.failures:

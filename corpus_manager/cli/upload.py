@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING
 
 import click
 
 from ..imagetypes import DEFAULT_EXTENSIONS
 from ..progress import BarProgress, human_bytes
-from .app import (
-    _err,
-    _joined,
-    _open,
-    _print_failures,
-    _print_json,
-    _printable,
-    _run,
-    cli,
-    connection_options,
-    output_options,
-    parallel_options,
-)
+from .app import _finish_run, _joined, _open, _planned, cli, connection_options, output_options, parallel_options
 
 if TYPE_CHECKING:
     from ..upload import UploadReport
@@ -73,35 +60,17 @@ def upload(
                     report=partial,
                 )
 
-    def interrupted() -> None:
-        partial.interrupted = True
-        if as_json:
-            _print_json(partial.to_json())
-        else:
-            click.echo(format_upload(partial))
-
-    report = _run(go, interrupted)
-    if as_json:
-        _print_json(report.to_json())
-    else:
-        for w in report.warnings:
-            _err(_printable(f"warning: {w}"))
-        _print_failures(report.failures)
-        click.echo(format_upload(report))
-    sys.exit(report.exit_code)
+    _finish_run(go, partial, as_json, format_upload, lambda r: r.warnings)
 
 
 def format_upload(r: UploadReport) -> str:
     if r.dry_run:
-        planned = [s for s in r.sets if s.status == "planned"]
-        lines = [
+        planned = r.sets_with("planned")
+        return _planned(
             f"Dry run: would upload {r.files_uploaded} files ({human_bytes(r.bytes_uploaded)}) in "
-            f"{len(planned)} sets as version {r.version}; {r.sets_skipped} sets already complete."
-        ]
-        lines += [f"  {s.path or '(root)'}: {s.images} files" for s in planned[:20]]
-        if len(planned) > 20:
-            lines.append(f"  ... and {len(planned) - 20} more sets")
-        return _joined(lines)
+            f"{len(planned)} sets as version {r.version}; {r.sets_skipped} sets already complete.",
+            [f"{s.path or '(root)'}: {s.images} files" for s in planned],
+        )
     if r.interrupted:
         head = (
             f"Interrupted: version {r.version} from {r.root} is partly uploaded; the sets below that are not "
