@@ -28,7 +28,9 @@ from .results import Failure, ProgressSink
 from .sync import SyncCorpus
 
 if TYPE_CHECKING:
+    from .export import ExportReport
     from .status import StatusReport
+    from .stream import iter_release, iter_shards, shard_urls
     from .transform import TransformReport
     from .upload import UploadReport
 
@@ -36,7 +38,15 @@ __version__ = "0.1.0"
 
 # Imported on first use (PEP 562): a download or a query never loads upload, transform and status, nor
 # the transforms package they import (start-up time every run, and most of a no-op rerun, pays).
-_LAZY = {"StatusReport": "status", "TransformReport": "transform", "UploadReport": "upload"}
+_LAZY = {
+    "StatusReport": "status",
+    "TransformReport": "transform",
+    "UploadReport": "upload",
+    "ExportReport": "export",
+    "iter_release": "stream",
+    "iter_shards": "stream",
+    "shard_urls": "stream",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -57,6 +67,7 @@ __all__ = [
     "CorpusError",
     "CorruptRow",
     "DownloadReport",
+    "ExportReport",
     "Failure",
     "ImageSet",
     "ImageTransform",
@@ -75,4 +86,6 @@ __all__ = [
     "TransformSpecError",
     "UploadReport",
     "__version__",
+    "iter_release",
+    "iter_shards",
 ]

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from .config import connection_from_settings, corpus_from_settings
 from .download import DownloadReport, download_sets
 from .errors import ConfigError, CorpusError
+from .export import DEFAULT_SHARD_SIZE, ExportReport, export_release
 from .models import ImageTransform
 from .query import QueryFilter, QueryResult, open_for_reading, query_sets
 from .results import Failure, ProgressSink
@@ -382,6 +383,36 @@ class Corpus:
         await open_for_reading(self.storage)
         return await verify_release(
             self.storage, name, deep=deep, max_parallel_downloads=max_parallel_downloads, progress=progress
+        )
+
+    async def export(
+        self,
+        release: str,
+        *,
+        fmt: str = "webdataset",
+        split: str | None = None,
+        shard_size: int | str = DEFAULT_SHARD_SIZE,
+        out: str | None = None,
+        max_parallel_downloads: int = 20,
+        progress: ProgressSink | None = None,
+        report: ExportReport | None = None,
+    ) -> ExportReport:
+        """Export ``release`` (only ``split``, if given) as deterministic WebDataset tar shards of at most
+        ``shard_size`` (``"256MB"``, ``"1GiB"`` or bytes): into the container under
+        ``exports/RELEASE/webdataset/`` with an ``index.json``, or into directory ``out``. A rerun writes
+        no shard that is already there with its SHA-256 (``report.writes`` counts what was written)."""
+        self.storage.pool_size = max(self.storage.pool_size, max_parallel_downloads)
+        await open_for_reading(self.storage)
+        return await export_release(
+            self.storage,
+            release,
+            fmt=fmt,
+            split=split,
+            shard_size=shard_size,
+            out=out,
+            max_parallel_downloads=max_parallel_downloads,
+            progress=progress,
+            report=report,
         )
 
 

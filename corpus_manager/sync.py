@@ -223,6 +223,7 @@ class SyncCorpus:
     diff_releases = _blocking(Corpus.diff_releases)
     verify_release = _blocking(Corpus.verify_release)
     report = _blocking(Corpus.report)
+    export = _blocking(Corpus.export)
 
 
 __all__ = ["SyncCorpus"]

@@ -5,7 +5,7 @@ Library exceptions are mapped to a one-line message and an exit code in one plac
 One module per family of commands; each registers itself on the group in ``app``.
 """
 
-from . import query, release, report, transform, upload  # noqa: F401  (registers the commands)
+from . import export, query, release, report, transform, upload  # noqa: F401  (registers the commands)
 from .app import cli
 from .query import format_status
 from .upload import format_upload

@@ -1,0 +1,305 @@
+"""Training straight from the corpus: ``iter_release`` (image by image, ``prefetch`` GETs in flight) and
+``iter_shards`` (an export's WebDataset shards, read sequentially), both plain synchronous iterators.
+
+Each runs its own event loop in a thread of its own (``sync._LoopThread``), and makes it, its storage
+clients and its HTTP session only when iteration starts, in the process that iterates: nothing exists
+at import or when the iterator is made, so an iterator made in a parent and handed to DataLoader
+workers (fork or spawn) shares no socket, loop or lock with anyone. The caller needs no asyncio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import hashlib
+import json
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from .errors import ConfigError, NotFound, StorageError
+from .shards import read_tar, sample_of, shuffled
+from .storage import BlobInfo, Storage
+
+T = TypeVar("T")
+Record = dict[str, Any]
+EXPORT_PREFIX = "exports/{name}/webdataset/"
+
+
+# ----- the release, as training reads it ----------------------------------------------------------
+@dataclass(frozen=True)
+class TrainingRelease:
+    name: str
+    records: list[Record]
+    seed: int
+    manifest_sha256: str
+
+    def split(self, split: str | None) -> list[Record]:
+        """The records of ``split`` in manifest order (all of them for None); an unknown split is an error
+        naming the ones there are."""
+        if split is None:
+            return list(self.records)
+        chosen = [r for r in self.records if r.get("split") == split]
+        if not chosen:
+            have = sorted({str(r.get("split")) for r in self.records})
+            raise ConfigError(f"release {self.name!r} has no split {split!r} (its splits: {', '.join(have)})")
+        return chosen
+
+
+async def open_release(storage: Storage, name: str) -> TrainingRelease:
+    """The release's manifest records and seed, read from storage."""
+    from .release import load_release  # the releases feature owns the manifest's format and its row
+
+    release = await load_release(storage, name)
+    seed = int(release.definition.get("seed", 0))
+    return TrainingRelease(name, list(release.records), seed, release.manifest_sha256)
+
+
+def check_image(record: Record, data: bytes, info: BlobInfo | None) -> None:
+    """The bytes read must have the manifest's MD5 (and the blob's stored Content-MD5, when it has one):
+    a mismatch raises, naming the blob."""
+    actual = hashlib.md5(data).hexdigest()
+    stored = info.md5_hex if info is not None else None
+    if actual != record["md5"] or (stored is not None and stored != actual):
+        raise StorageError(
+            f"{record['blob_name']}: MD5 mismatch (manifest {record['md5']}, bytes read {actual}"
+            f"{f', stored Content-MD5 {stored}' if stored is not None else ''}): the blob changed or is corrupt"
+        )
+
+
+def _check_part(rank: int, world_size: int, prefetch: int = 1) -> None:
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} of world_size {world_size}: need 0 <= rank < world_size")
+    if prefetch < 1:
+        raise ValueError(f"prefetch {prefetch}: must be at least 1")
+
+
+def part_of(items: Sequence[T], rank: int, world_size: int) -> list[T]:
+    """Every ``world_size``-th item from ``rank``: disjoint parts that together hold every item once."""
+    return list(items[rank::world_size])
+
+
+# ----- the machinery: a loop in a thread, a window of requests ------------------------------------
+class _Window:
+    """At most ``size`` fetches in flight (done but not yet taken counts too), results in item order."""
+
+    def __init__(self, items: Sequence[Any], fetch: Callable[[Any], Awaitable[T]], size: int) -> None:
+        self._items = iter(items)
+        self._fetch = fetch
+        self._size = size
+        self._pending: collections.deque[asyncio.Task[T]] = collections.deque()
+
+    def _fill(self) -> None:
+        while len(self._pending) < self._size:
+            item = next(self._items, _END)
+            if item is _END:
+                return
+            self._pending.append(asyncio.ensure_future(self._fetch(item)))
+
+    async def take(self) -> list[T]:
+        """The next result, and those right after it that are ready too (one hop between threads for
+        several images); an empty list at the end."""
+        self._fill()
+        if not self._pending:
+            return []
+        out = [await self._pending.popleft()]
+        while self._pending and self._pending[0].done() and len(out) < 256:
+            out.append(self._pending.popleft().result())
+        self._fill()
+        return out
+
+    async def close(self) -> None:
+        for task in self._pending:
+            task.cancel()
+        await asyncio.gather(*self._pending, return_exceptions=True)
+        self._pending.clear()
+
+
+_END = object()
+
+
+@contextlib.contextmanager
+def _running_corpus(
+    corpus: str, connection_string: str | None, account_url: str | None, pool_size: int
+) -> Iterator[tuple[Any, Any]]:
+    """A loop thread with an open Corpus on it, both made here (in the iterating process), and both
+    closed at the end, also when the consumer stops early (generator close)."""
+    from .corpus import Corpus  # here: corpus imports export, which imports this module
+    from .sync import _LoopThread
+
+    c = Corpus(corpus, connection_string=connection_string, account_url=account_url, pool_size=pool_size)
+    runner = _LoopThread()
+    try:
+        runner.run(c.__aenter__)
+        try:
+            yield runner, c
+        finally:
+            with contextlib.suppress(Exception):
+                runner.run(lambda: c.__aexit__(None, None, None))
+    finally:
+        runner.stop()
+
+
+def iter_release(
+    name: str,
+    *,
+    split: str | None = None,
+    corpus: str = "images",
+    connection_string: str | None = None,
+    account_url: str | None = None,
+    shuffle: bool = False,
+    seed: int = 0,
+    epoch: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    prefetch: int = 32,
+) -> Iterator[tuple[bytes, Record]]:
+    """``(data, record)`` for every image of release ``name`` (of ``split``, if given), read straight from
+    blob storage with at most ``prefetch`` GETs in flight, each image's MD5 checked against the
+    manifest (a mismatch raises ``StorageError`` naming the blob).
+
+    Order: the manifest's, or with ``shuffle`` a permutation by ``seed`` and ``epoch`` (the same on every
+    machine; another epoch, another order). ``rank``/``world_size``: this caller's part, every
+    ``world_size``-th image of that order from ``rank``, so the parts are disjoint and together cover
+    the release once (give every part the same ``shuffle``, ``seed`` and ``epoch``).
+
+    Nothing is opened until the first ``next()``: the connection, loop and thread belong to the
+    process and thread that iterates (safe in DataLoader workers, fork or spawn). Stop early with
+    ``close()`` (or just drop the iterator) and they are closed."""
+    _check_part(rank, world_size, prefetch)
+
+    def run() -> Iterator[tuple[bytes, Record]]:
+        with _running_corpus(corpus, connection_string, account_url, max(prefetch, 4)) as (runner, c):
+            storage: Storage = c.storage
+            release = runner.run(lambda: open_release(storage, name))
+            records = release.split(split)
+            if shuffle:
+                records = shuffled(records, seed, epoch)
+
+            async def fetch(record: Record) -> tuple[bytes, Record]:
+                data, info = await storage.get_blob(record["blob_name"])
+                check_image(record, data, info)
+                return data, record
+
+            window = _Window(part_of(records, rank, world_size), fetch, prefetch)
+            try:
+                while batch := runner.run(window.take):
+                    yield from batch
+            finally:
+                with contextlib.suppress(Exception):
+                    runner.run(window.close)
+
+    return run()
+
+
+# ----- exported shards ------------------------------------------------------------------------
+async def read_index(storage: Storage, name: str) -> dict[str, Any] | None:
+    """An export's index.json, or None when there is none."""
+    try:
+        data, _ = await storage.get_blob(EXPORT_PREFIX.format(name=name) + "index.json")
+    except NotFound:
+        return None
+    parsed: dict[str, Any] = json.loads(data)
+    return parsed
+
+
+def iter_shards(
+    name: str,
+    *,
+    split: str | None = None,
+    corpus: str = "images",
+    connection_string: str | None = None,
+    account_url: str | None = None,
+    shuffle: bool = False,
+    seed: int = 0,
+    epoch: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[tuple[bytes, Record]]:
+    """``(data, record)`` for every sample of the WebDataset shards ``corpus export`` stored for release
+    ``name`` (``exports/NAME/webdataset/``), each shard streamed sequentially in one GET and parsed as
+    it arrives (never held whole): the fast path for epoch after epoch over a big release.
+
+    Yields samples, like ``iter_release`` (not shard streams). ``rank``/``world_size`` divide whole
+    shards (every ``world_size``-th shard from ``rank``), so give it at least ``world_size`` shards;
+    ``shuffle`` permutes the shards by ``seed`` and ``epoch`` (the samples within a shard are already
+    shuffled by the release's seed). Each sample's MD5 is checked against its record and each shard's
+    SHA-256 against the index (a mismatch raises naming the shard or the blob)."""
+    _check_part(rank, world_size)
+
+    def run() -> Iterator[tuple[bytes, Record]]:
+        with _running_corpus(corpus, connection_string, account_url, 4) as (runner, c):
+            storage: Storage = c.storage
+            index = runner.run(lambda: read_index(storage, name))
+            if index is None:
+                raise ConfigError(f"release {name!r} has no export (run: corpus export --release {name})")
+            shards = [s for s in index["shards"] if split is None or s["split"] == split]
+            if not shards:
+                raise ConfigError(f"the export of release {name!r} has no shards of split {split!r}")
+            if shuffle:
+                shards = [{**s, "blob_name": s["name"]} for s in shards]
+                shards = shuffled(shards, seed, epoch)
+            for shard in part_of(shards, rank, world_size):
+                yield from _read_shard(runner, storage, EXPORT_PREFIX.format(name=name) + shard["name"], shard)
+
+    return run()
+
+
+def _read_shard(runner: Any, storage: Storage, blob: str, entry: dict[str, Any]) -> Iterator[tuple[bytes, Record]]:
+    """One shard's samples, its chunks passed from the loop through a small queue (4 chunks of ~4 MiB)."""
+    queue: asyncio.Queue[bytes | None] | None = None
+    digest = hashlib.sha256()
+
+    async def start() -> asyncio.Task[BlobInfo]:
+        nonlocal queue
+        queue = asyncio.Queue(maxsize=4)
+
+        async def download() -> BlobInfo:
+            assert queue is not None
+            try:
+                info = await storage.download_to(blob, queue.put)
+            except asyncio.CancelledError:
+                raise  # the reader stopped: nobody waits for the end mark (and the queue may be full)
+            except BaseException:
+                await queue.put(None)  # the end mark; the reader then awaits this task and gets the error
+                raise
+            await queue.put(None)
+            return info
+
+        return asyncio.ensure_future(download())
+
+    task = runner.run(start)
+
+    async def next_chunk() -> bytes | None:
+        assert queue is not None
+        chunk = await queue.get()
+        if chunk is None:
+            await task  # the download's own error, if it failed
+        return chunk
+
+    def chunks() -> Iterator[bytes]:
+        while (chunk := runner.run(next_chunk)) is not None:
+            digest.update(chunk)
+            yield chunk
+
+    source = chunks()
+    try:
+        for data, record in sample_of(read_tar(source)):
+            check_image(record, data, None)
+            yield data, record
+        for _ in source:  # the bytes after the end-of-archive blocks count in the SHA-256 too
+            pass
+    finally:
+
+        async def stop() -> None:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+        runner.run(stop)
+    if digest.hexdigest() != entry["sha256"]:
+        raise StorageError(f"{blob}: SHA-256 {digest.hexdigest()} is not the index's {entry['sha256']}")
+
+
+__all__ = ["TrainingRelease", "iter_release", "iter_shards", "open_release", "part_of"]
