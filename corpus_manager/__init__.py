@@ -88,4 +88,5 @@ __all__ = [
     "__version__",
     "iter_release",
     "iter_shards",
+    "shard_urls",
 ]

@@ -318,12 +318,12 @@ async def _export(
 
     window = _Window([s for p in todo for s in p.samples], fetch, max(1, parallel))
     ready: list[tuple[bytes | None, str | None]] = []
-    publishing: asyncio.Task[None] | None = None
+    publishing: tuple[asyncio.Task[None], IO[bytes]] | None = None
     try:
         for plan in todo:
-            fh = dest.temp(plan.name)
-            writer, failed = HashingWriter(fh, BLOCK_SIZE), None
+            fh, handed = dest.temp(plan.name), False
             try:
+                writer, failed = HashingWriter(fh, BLOCK_SIZE), None
                 for sample in plan.samples:
                     if not ready:
                         ready = list(reversed(await window.take()))
@@ -337,25 +337,26 @@ async def _export(
                     budget.release(sample.size)
                     progress.advance(files=1)
                 writer.end()
-            except BaseException:
-                await dest.discard(fh)
-                raise
-            if failed is not None:
-                await dest.discard(fh)
-                report.failures.append(Failure(plan.name, f"not written: {failed}"))
-                continue
-            entry = _entry(plan, writer)
-            entries[plan.name] = entry
-            if publishing is not None:
-                await publishing  # at most one shard uploading while the next is built
-            publishing = asyncio.ensure_future(_publish(dest, plan, fh, writer, token, existing, entry, report))
+                if failed is not None:
+                    report.failures.append(Failure(plan.name, f"not written: {failed}"))
+                    continue
+                entry = _entry(plan, writer)
+                entries[plan.name] = entry
+                if publishing is not None:
+                    await publishing[0]  # at most one shard uploading while the next is built
+                task = asyncio.ensure_future(_publish(dest, plan, fh, writer, token, existing, entry, report))
+                publishing, handed = (task, fh), True
+            finally:
+                if not handed:  # failed, interrupted, or an error: its temporary file goes
+                    await dest.discard(fh)
         if publishing is not None:
-            await publishing
+            await publishing[0]
             publishing = None
     finally:
         if publishing is not None:
-            publishing.cancel()
-            await asyncio.gather(publishing, return_exceptions=True)
+            publishing[0].cancel()
+            await asyncio.gather(publishing[0], return_exceptions=True)
+            await dest.discard(publishing[1])  # a task cancelled before it ran never cleaned up itself
         await window.close()
 
     report.shards = [entries[p.name] for p in plans if p.name in entries]

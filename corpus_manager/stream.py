@@ -246,6 +246,40 @@ def iter_shards(
     return run()
 
 
+def shard_urls(
+    name: str,
+    *,
+    split: str | None = None,
+    corpus: str = "images",
+    connection_string: str | None = None,
+    account_url: str | None = None,
+    expiry_seconds: int = 3600,
+) -> list[str]:
+    """Read-only URLs of the export's shards (of ``split``, if given), in index order, for readers that
+    fetch over HTTP (``webdataset.WebDataset(urls)``). Signed by a container SAS (read only, valid for
+    ``expiry_seconds``) minted from the account key, or carrying the connection string's own SAS.
+    They grant access: hand them to the training job, never print or log them."""
+    import time
+    from urllib.parse import quote
+
+    from .storage import container_sas
+
+    with _running_corpus(corpus, connection_string, account_url, 2) as (runner, c):
+        storage: Storage = c.storage
+        index = runner.run(lambda: read_index(storage, name))
+    if index is None:
+        raise ConfigError(f"release {name!r} has no export (run: corpus export --release {name})")
+    info = storage.info
+    if info.account_key:
+        sas = container_sas(info.account_name, info.account_key, storage.corpus, "r", time.time() + expiry_seconds)
+    elif info.sas_token:
+        sas = info.sas_token.lstrip("?")
+    else:
+        raise ConfigError("shard URLs need an account key or a SAS in the connection string (not --account-url)")
+    base = f"{info.blob_endpoint}/{quote(storage.corpus)}/{quote(EXPORT_PREFIX.format(name=name), safe='/')}"
+    return [f"{base}{quote(s['name'])}?{sas}" for s in index["shards"] if split is None or s["split"] == split]
+
+
 def _read_shard(runner: Any, storage: Storage, blob: str, entry: dict[str, Any]) -> Iterator[tuple[bytes, Record]]:
     """One shard's samples, its chunks passed from the loop through a small queue (4 chunks of ~4 MiB)."""
     queue: asyncio.Queue[bytes | None] | None = None
@@ -302,4 +336,4 @@ def _read_shard(runner: Any, storage: Storage, blob: str, entry: dict[str, Any])
         raise StorageError(f"{blob}: SHA-256 {digest.hexdigest()} is not the index's {entry['sha256']}")
 
 
-__all__ = ["TrainingRelease", "iter_release", "iter_shards", "open_release", "part_of"]
+__all__ = ["TrainingRelease", "iter_release", "iter_shards", "open_release", "part_of", "shard_urls"]
