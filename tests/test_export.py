@@ -42,7 +42,9 @@ def delete_export(t: TrainingCorpus) -> None:
 
 
 def export(t: TrainingCorpus, *args: str) -> dict[str, Any]:
-    res = t.cli("export", "--release", t.release, "--format", "webdataset", "--shard-size", str(SHARD_SIZE), "--json", *args)
+    res = t.cli(
+        "export", "--release", t.release, "--format", "webdataset", "--shard-size", str(SHARD_SIZE), "--json", *args
+    )
     assert res.exit_code == 0, res.output
     report: dict[str, Any] = json.loads(res.stdout)
     return report
@@ -66,7 +68,11 @@ def test_container_export_is_byte_identical_and_a_rerun_writes_nothing(trained: 
     assert sum(s["samples"] for s in index["shards"]) == len(trained.records)
 
     again = export(trained)  # a rerun: every shard is there with its SHA-256
-    assert (again["shards_written"], again["index_written"], again["shards_present"]) == (0, False, len(index["shards"]))
+    assert (again["shards_written"], again["index_written"], again["shards_present"]) == (
+        0,
+        False,
+        len(index["shards"]),
+    )
     assert container_files(trained) == stored  # same bytes, and the same ETags: nothing was rewritten
 
     delete_export(trained)  # a fresh export gives the very same bytes
@@ -126,7 +132,11 @@ def test_webdataset_reads_every_sample_as_stored(trained: TrainingCorpus, tmp_pa
         in_shards = [json.loads(s["json"]) for s in samples if f"/{split}-" in s["__url__"]]
         in_manifest = [r for r in trained.records if r["split"] == split]
         assert in_shards == shuffled(in_manifest, trained.seed) and in_shards != in_manifest
-    mixed = [shard for shard in shards if len({json.loads(s["json"])["label"] for s in wds.WebDataset(shard, shardshuffle=False)}) > 1]
+    mixed = [
+        shard
+        for shard in shards
+        if len({json.loads(s["json"])["label"] for s in wds.WebDataset(shard, shardshuffle=False)}) > 1
+    ]
     assert len(mixed) >= len(shards) // 2, "most shards hold more than one label"
 
 

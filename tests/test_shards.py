@@ -125,9 +125,12 @@ def test_order_is_seeded_and_stable() -> None:
     assert e1 == [r["blob_name"] for r in shuffled(recs, 3, epoch=1)]
     # the same on every machine: pinned, not recomputed from the code under test
     first = shuffled(records(5), 0)[0]["blob_name"]
-    assert first == sorted(
-        (hashlib.sha256(f"0\x00{r['blob_name']}".encode()).hexdigest(), r["blob_name"]) for r in records(5)
-    )[0][1]
+    assert (
+        first
+        == sorted((hashlib.sha256(f"0\x00{r['blob_name']}".encode()).hexdigest(), r["blob_name"]) for r in records(5))[
+            0
+        ][1]
+    )
 
 
 def test_tar_is_deterministic_and_readable_by_tarfile() -> None:
