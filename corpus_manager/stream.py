@@ -121,7 +121,7 @@ _END = object()
 
 @contextlib.contextmanager
 def _running_corpus(
-    corpus: str, connection_string: str | None, account_url: str | None, pool_size: int
+    corpus: str | None, connection_string: str | None, account_url: str | None, pool_size: int
 ) -> Iterator[tuple[Any, Any]]:
     """A loop thread with an open Corpus on it, both made here (in the iterating process), and both
     closed at the end, also when the consumer stops early (generator close)."""
@@ -145,7 +145,7 @@ def iter_release(
     name: str,
     *,
     split: str | None = None,
-    corpus: str = "images",
+    corpus: str | None = None,
     connection_string: str | None = None,
     account_url: str | None = None,
     shuffle: bool = False,
@@ -166,7 +166,10 @@ def iter_release(
 
     Nothing is opened until the first ``next()``: the connection, loop and thread belong to the
     process and thread that iterates (safe in DataLoader workers, fork or spawn). Stop early with
-    ``close()`` (or just drop the iterator) and they are closed."""
+    ``close()`` (or just drop the iterator) and they are closed.
+
+    ``corpus``, ``connection_string``, ``account_url``: as ``Corpus`` takes them (default: the
+    environment, ``CORPUS_NAME`` else ``images``, and ``AZURE_STORAGE_CONNECTION_STRING``)."""
     _check_part(rank, world_size, prefetch)
 
     def run() -> Iterator[tuple[bytes, Record]]:
@@ -208,7 +211,7 @@ def iter_shards(
     name: str,
     *,
     split: str | None = None,
-    corpus: str = "images",
+    corpus: str | None = None,
     connection_string: str | None = None,
     account_url: str | None = None,
     shuffle: bool = False,
@@ -250,7 +253,7 @@ def shard_urls(
     name: str,
     *,
     split: str | None = None,
-    corpus: str = "images",
+    corpus: str | None = None,
     connection_string: str | None = None,
     account_url: str | None = None,
     expiry_seconds: int = 3600,

@@ -42,7 +42,7 @@ class ReleaseDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg
         name: str,
         *,
         split: str | None = None,
-        corpus: str = "images",
+        corpus: str | None = None,
         decode: Callable[[bytes, dict[str, Any]], Any] | None = None,
         shuffle: bool = False,
         seed: int = 0,
