@@ -16,7 +16,7 @@ import hashlib
 import json
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from .errors import ConfigError, NotFound, StorageError
 from .shards import read_tar, sample_of, shuffled
@@ -81,7 +81,7 @@ def part_of(items: Sequence[T], rank: int, world_size: int) -> list[T]:
 
 
 # ----- the machinery: a loop in a thread, a window of requests ------------------------------------
-class _Window:
+class _Window(Generic[T]):
     """At most ``size`` fetches in flight (done but not yet taken counts too), results in item order."""
 
     def __init__(self, items: Sequence[Any], fetch: Callable[[Any], Awaitable[T]], size: int) -> None:

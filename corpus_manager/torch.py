@@ -29,7 +29,7 @@ def _rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
-class ReleaseDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
+class ReleaseDataset(torch.utils.data.IterableDataset[Any]):
     """The images of release ``name`` (of ``split``, if given) as ``(data, record)``, or as
     ``decode(data, record)`` when ``decode`` is given (it runs in the worker: decode to tensors there).
 

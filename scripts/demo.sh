@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on a local Azurite: make a sample corpus, upload it, upload again (nothing to do),
 # transform it into a new versioned set, query both, and pull a slice back out with its manifest;
-# then pin the originals as a release, show it, and download its train split as an image folder.
+# then pin the originals as a release, show it, download its train split as an image folder, export it
+# as WebDataset shards and stream it as a training loop would.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
@@ -31,3 +32,17 @@ find .demo/release/train -type f | sort
 echo '# see it: a static report (charts, a contact sheet per set with its sketches beside it)'
 run corpus report --out .demo/report
 echo "Open the report in a browser: file://$PWD/.demo/report/index.html"
+echo
+echo '# training: the release as WebDataset shards (locally, then into the container), then streamed'
+run corpus export --release demo-v1 --format webdataset --shard-size 1MB --out .demo/shards
+echo '$ ls .demo/shards'
+ls .demo/shards
+echo
+run corpus export --release demo-v1 --format webdataset
+echo '$ python  # iter_release: the train split, straight from blob storage'
+python - <<'PY'
+from corpus_manager import iter_release
+
+for data, record in iter_release("demo-v1", split="train", shuffle=True, seed=0):
+    print(f"{record['label']:8} {len(data):6} bytes  {record['blob_name']}")
+PY
