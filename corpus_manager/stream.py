@@ -14,7 +14,8 @@ import collections
 import contextlib
 import hashlib
 import json
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+import os
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -119,24 +120,50 @@ class _Window(Generic[T]):
 _END = object()
 
 
+class _Runner:
+    """The iterator's loop thread, tied to the process that started it: an iterator carried across a
+    fork (started in the parent) raises in the child instead of waiting forever on a loop thread that
+    does not exist there, and its clean-up (when the child drops it) leaves the parent's loop alone."""
+
+    def __init__(self) -> None:
+        from .sync import _LoopThread
+
+        self.pid = os.getpid()
+        self.loop = _LoopThread()
+
+    def run(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        if os.getpid() != self.pid:
+            raise RuntimeError(
+                "this iterator was started in another process (before a fork): make a new one in this process"
+            )
+        return self.loop.run(make)
+
+    def cleanup(self, make: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        if os.getpid() == self.pid:
+            with contextlib.suppress(Exception):
+                self.loop.run(make)
+
+    def stop(self) -> None:
+        if os.getpid() == self.pid:
+            self.loop.stop()
+
+
 @contextlib.contextmanager
 def _running_corpus(
     corpus: str | None, connection_string: str | None, account_url: str | None, pool_size: int
-) -> Iterator[tuple[Any, Any]]:
+) -> Iterator[tuple[_Runner, Any]]:
     """A loop thread with an open Corpus on it, both made here (in the iterating process), and both
     closed at the end, also when the consumer stops early (generator close)."""
     from .corpus import Corpus  # here: corpus imports export, which imports this module
-    from .sync import _LoopThread
 
     c = Corpus(corpus, connection_string=connection_string, account_url=account_url, pool_size=pool_size)
-    runner = _LoopThread()
+    runner = _Runner()
     try:
         runner.run(c.__aenter__)
         try:
             yield runner, c
         finally:
-            with contextlib.suppress(Exception):
-                runner.run(lambda: c.__aexit__(None, None, None))
+            runner.cleanup(lambda: c.__aexit__(None, None, None))
     finally:
         runner.stop()
 
@@ -190,8 +217,7 @@ def iter_release(
                 while batch := runner.run(window.take):
                     yield from batch
             finally:
-                with contextlib.suppress(Exception):
-                    runner.run(window.close)
+                runner.cleanup(window.close)
 
     return run()
 
@@ -283,7 +309,7 @@ def shard_urls(
     return [f"{base}{quote(s['name'])}?{sas}" for s in index["shards"] if split is None or s["split"] == split]
 
 
-def _read_shard(runner: Any, storage: Storage, blob: str, entry: dict[str, Any]) -> Iterator[tuple[bytes, Record]]:
+def _read_shard(runner: _Runner, storage: Storage, blob: str, entry: dict[str, Any]) -> Iterator[tuple[bytes, Record]]:
     """One shard's samples, its chunks passed from the loop through a small queue (4 chunks of ~4 MiB)."""
     queue: asyncio.Queue[bytes | None] | None = None
     digest = hashlib.sha256()
@@ -334,7 +360,7 @@ def _read_shard(runner: Any, storage: Storage, blob: str, entry: dict[str, Any])
             with contextlib.suppress(BaseException):
                 await task
 
-        runner.run(stop)
+        runner.cleanup(stop)
     if digest.hexdigest() != entry["sha256"]:
         raise StorageError(f"{blob}: SHA-256 {digest.hexdigest()} is not the index's {entry['sha256']}")
 

@@ -121,11 +121,37 @@ def _read_part(args: tuple[str, str, str, int, int]) -> list[str]:
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_iter_release_in_a_process_pool(trained: TrainingCorpus, method: str) -> None:  # noqa: F811
-    next(iter(read(trained, prefetch=2)))  # this process has used iter_release before it forks
+    # this process is iterating (its loop thread and connections live) while the pool forks or spawns
+    live = iter_release(trained.release, corpus=trained.corpus, connection_string=trained.conn, prefetch=4)
+    first = [next(live)]
     with multiprocessing.get_context(method).Pool(3) as pool:
         parts = pool.map(_read_part, [(trained.conn, trained.corpus, trained.release, r, 3) for r in range(3)])
     flat = [n for part in parts for n in part]
     assert sorted(flat) == sorted(trained.data)
+    assert names(first + list(live)) == [r["blob_name"] for r in trained.records]  # the parent's goes on
+
+
+def test_an_iterator_started_before_a_fork_refuses_in_the_child(trained: TrainingCorpus) -> None:  # noqa: F811
+    live = iter_release(trained.release, corpus=trained.corpus, connection_string=trained.conn, prefetch=4)
+    first = next(live)
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+
+    def child() -> None:
+        try:
+            next(live)
+            out.put("no error")
+        except RuntimeError as exc:
+            out.put(str(exc))
+        del live_ref[:]  # dropping it in the child must not touch the parent's loop
+
+    live_ref = [live]
+    proc = ctx.Process(target=child)
+    proc.start()
+    message = out.get(timeout=60)
+    proc.join(timeout=60)
+    assert "started in another process" in message and proc.exitcode == 0
+    assert names([first, *live]) == [r["blob_name"] for r in trained.records]
 
 
 def test_iter_shards_and_shard_urls_read_the_export(trained: TrainingCorpus) -> None:  # noqa: F811
