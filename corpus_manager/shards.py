@@ -102,10 +102,11 @@ class ShardPlan:
     name: str
     split: str
     samples: list[Sample] = field(default_factory=list)
+    size: int = END  # the shard's bytes: its samples' and the end-of-archive blocks (kept by add())
 
-    @property
-    def size(self) -> int:
-        return sum(s.tar_bytes for s in self.samples) + END
+    def add(self, sample: Sample) -> None:
+        self.samples.append(sample)
+        self.size += sample.tar_bytes
 
 
 def plan_shards(records: Iterable[dict[str, Any]], seed: int | str, shard_size: int) -> list[ShardPlan]:
@@ -123,7 +124,7 @@ def plan_shards(records: Iterable[dict[str, Any]], seed: int | str, shard_size: 
             if current is None or (current.samples and current.size + sample.tar_bytes > shard_size):
                 current = ShardPlan(shard_name(split, sum(p.split == split for p in plans)), split)
                 plans.append(current)
-            current.samples.append(sample)
+            current.add(sample)
     return plans
 
 

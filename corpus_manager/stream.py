@@ -83,20 +83,34 @@ def part_of(items: Sequence[T], rank: int, world_size: int) -> list[T]:
 
 # ----- the machinery: a loop in a thread, a window of requests ------------------------------------
 class _Window(Generic[T]):
-    """At most ``size`` fetches in flight (done but not yet taken counts too), results in item order."""
+    """At most ``size`` fetches in flight, results handed out in item order. A fetch that finishes
+    ahead of a slower one before it frees its slot at once (no head-of-line wait), so ``size``
+    requests stay in flight; at most ``ahead`` results (default 4 x ``size``) wait to be taken."""
 
-    def __init__(self, items: Sequence[Any], fetch: Callable[[Any], Awaitable[T]], size: int) -> None:
+    def __init__(
+        self, items: Sequence[Any], fetch: Callable[[Any], Awaitable[T]], size: int, ahead: int | None = None
+    ) -> None:
         self._items = iter(items)
         self._fetch = fetch
         self._size = size
-        self._pending: collections.deque[asyncio.Task[T]] = collections.deque()
+        self._ahead = max(size, ahead if ahead is not None else 4 * size)
+        self._running = 0
+        self._closed = False
+        self._pending: collections.deque[asyncio.Future[T]] = collections.deque()
 
     def _fill(self) -> None:
-        while len(self._pending) < self._size:
+        while not self._closed and self._running < self._size and len(self._pending) < self._ahead:
             item = next(self._items, _END)
             if item is _END:
                 return
-            self._pending.append(asyncio.ensure_future(self._fetch(item)))
+            task = asyncio.ensure_future(self._fetch(item))
+            self._running += 1
+            task.add_done_callback(self._finished)
+            self._pending.append(task)
+
+    def _finished(self, _task: asyncio.Future[T]) -> None:
+        self._running -= 1
+        self._fill()
 
     async def take(self) -> list[T]:
         """The next result, and those right after it that are ready too (one hop between threads for
@@ -111,6 +125,7 @@ class _Window(Generic[T]):
         return out
 
     async def close(self) -> None:
+        self._closed = True
         for task in self._pending:
             task.cancel()
         await asyncio.gather(*self._pending, return_exceptions=True)
