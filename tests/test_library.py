@@ -41,6 +41,7 @@ PUBLIC = {
     "UploadReport",
     "TransformReport",
     "DownloadReport",
+    "ExportReport",
     "StatusReport",
     "QueryFilter",
     "QueryResult",
@@ -58,6 +59,9 @@ PUBLIC = {
     "ImmutableSetError",
     "CorruptRow",
     "__version__",
+    "iter_release",  # training straight from the corpus (SPEC), and the export's readers
+    "iter_shards",
+    "shard_urls",
 }
 
 
