@@ -7,7 +7,9 @@ budget), hashed as it is written (SHA-256, MD5, and the MD5 of each 8 MiB block)
 
 - into the container under ``exports/NAME/webdataset/`` by ``Storage.put_blocks`` (Put Block, then Put
   Block List): the blocks of an interrupted upload are never committed, so no partial shard is ever
-  visible under its name, and no shard is ever held whole in memory;
+  visible under its name, and no shard is ever held whole in memory (the file is staged in the
+  temporary directory, ``$TMPDIR``: point it at a disk where ``/tmp`` is a RAM-backed tmpfs). At most
+  two shards are staged at once: one uploading while the next is built;
 - or into ``--out DIR`` by a rename of ``DIR/.NAME.partial-RUN`` to ``DIR/NAME``.
 
 A rerun writes nothing that is there already: a shard whose plan digest, size and hash match the
