@@ -259,3 +259,19 @@ def test_importing_corpus_manager_imports_neither_torch_nor_webdataset() -> None
     code = "import sys, corpus_manager; print(sorted(m for m in ('torch', 'webdataset') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_iter_shards_refuses_a_shard_that_is_not_the_indexed_one(trained: TrainingCorpus) -> None:  # noqa: F811
+    res = trained.cli("export", "--release", trained.release, "--shard-size", str(SHARD_SIZE), "--json")
+    assert res.exit_code == 0, res.output
+    container = BlobServiceClient.from_connection_string(trained.conn).get_container_client(trained.corpus)
+    name = f"exports/{trained.release}/webdataset/val-000000.tar"
+    data = bytearray(container.download_blob(name).readall())
+    data[-1] = 1  # a byte of the end-of-archive blocks: every sample still reads, the shard is not the indexed one
+    container.upload_blob(name, bytes(data), overwrite=True)
+    try:
+        with pytest.raises(StorageError, match=r"val-000000\.tar: SHA-256"):
+            list(iter_shards(trained.release, split="val", corpus=trained.corpus, connection_string=trained.conn))
+    finally:  # the export puts the indexed shard back (its listing's MD5 differs from the index's)
+        again = trained.cli("export", "--release", trained.release, "--shard-size", str(SHARD_SIZE), "--json")
+        assert again.exit_code == 0 and json.loads(again.stdout)["shards_written"] == 1, again.output
