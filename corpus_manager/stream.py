@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -146,15 +147,24 @@ class _Runner:
         self.pid = os.getpid()
         self.loop = _LoopThread()
 
-    def run(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    def check(self) -> None:
+        """Raise in a process other than the one that started the iterator (a fork's child): checked
+        before each item, so not even the items already fetched come out twice, in parent and child."""
         if os.getpid() != self.pid:
             raise RuntimeError(
                 "this iterator was started in another process (before a fork): make a new one in this process"
             )
+
+    def run(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        self.check()
+        if not self.loop.thread.is_alive():  # interpreter shutdown stopped it: never wait for it
+            raise RuntimeError("this iterator's event loop thread has stopped (interpreter shutdown)")
         return self.loop.run(make)
 
     def cleanup(self, make: Callable[[], Coroutine[Any, Any, Any]]) -> None:
-        if os.getpid() == self.pid:
+        # Not in a fork's child, and not once the loop thread is gone: an iterator dropped at interpreter
+        # exit is finalised after daemon threads stopped, and waiting for its loop would hang the exit.
+        if os.getpid() == self.pid and self.loop.thread.is_alive() and not sys.is_finalizing():
             with contextlib.suppress(Exception):
                 self.loop.run(make)
 
@@ -230,7 +240,9 @@ def iter_release(
             window = _Window(part_of(records, rank, world_size), fetch, prefetch)
             try:
                 while batch := runner.run(window.take):
-                    yield from batch
+                    for item in batch:
+                        runner.check()
+                        yield item
             finally:
                 runner.cleanup(window.close)
 
@@ -365,6 +377,7 @@ def _read_shard(runner: _Runner, storage: Storage, blob: str, entry: dict[str, A
     try:
         for data, record in sample_of(read_tar(source)):
             check_image(record, data, None)
+            runner.check()
             yield data, record
         for _ in source:  # the bytes after the end-of-archive blocks count in the SHA-256 too
             pass

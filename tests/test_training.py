@@ -154,6 +154,23 @@ def test_an_iterator_started_before_a_fork_refuses_in_the_child(trained: Trainin
     assert names([first, *live]) == [r["blob_name"] for r in trained.records]
 
 
+def test_an_iterator_left_open_does_not_hang_the_interpreter_exit(trained: TrainingCorpus) -> None:  # noqa: F811
+    # a global iterator, part-read and never closed: it is finalised after the daemon loop thread stopped
+    code = (
+        "import sys\nfrom corpus_manager import iter_release\n"
+        "IT = iter_release(sys.argv[1], corpus=sys.argv[2], connection_string=sys.argv[3], prefetch=4)\n"
+        "next(IT)\nprint('read one')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, trained.release, trained.corpus, trained.conn],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,  # the old clean-up waited forever for the stopped loop
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "read one", out.stderr
+
+
 def test_iter_shards_and_shard_urls_read_the_export(trained: TrainingCorpus) -> None:  # noqa: F811
     import webdataset as wds
 
