@@ -8,16 +8,17 @@ from typing import TYPE_CHECKING, Any
 from .config import connection_from_settings, corpus_from_settings
 from .download import DownloadReport, download_sets
 from .errors import ConfigError, CorpusError
-from .export import DEFAULT_SHARD_SIZE, ExportReport, export_release
 from .models import ImageTransform
 from .query import QueryFilter, QueryResult, open_for_reading, query_sets
 from .results import Failure, ProgressSink
+from .shards import DEFAULT_SHARD_SIZE
 from .storage import Storage
 
 # Imported by the methods that use them: a download or a query never loads upload, transform, status,
 # release or report (nor the transforms package or jinja2 they import), which is start-up time every run
 # pays (a no-op rerun is mostly start-up; tests/test_fastread.py checks the list).
 if TYPE_CHECKING:
+    from .export import ExportReport
     from .release import Release, ReleaseReport
     from .release.inspect import ReleaseDiff, VerifyReleaseReport
     from .report import ReportModel
@@ -401,6 +402,8 @@ class Corpus:
         ``shard_size`` (``"256MB"``, ``"1GiB"`` or bytes): into the container under
         ``exports/RELEASE/webdataset/`` with an ``index.json``, or into directory ``out``. A rerun writes
         no shard that is already there with its SHA-256 (``report.writes`` counts what was written)."""
+        from .export import export_release
+
         self.storage.pool_size = max(self.storage.pool_size, max_parallel_downloads)
         await open_for_reading(self.storage)
         return await export_release(

@@ -34,13 +34,11 @@ from typing import IO, Any
 
 from .errors import ConfigError
 from .results import Failure, NullProgress, ProgressSink
-from .shards import HashingWriter, ShardPlan, parse_size, plan_shards
+from .shards import DEFAULT_SHARD_SIZE, FORMATS, HashingWriter, ShardPlan, parse_size, plan_shards
 from .storage import BLOCK_SIZE, Storage
 from .stream import EXPORT_PREFIX, _Window, check_image, open_release, read_index
 from .throttle import ByteBudget
 
-DEFAULT_SHARD_SIZE = "256MB"
-FORMATS = ("webdataset",)
 FETCH_BUDGET = 64 * 1024 * 1024  # image bytes fetched but not yet written, whatever their sizes
 _SHARD = re.compile(r"^(?P<split>.+)-\d{6}\.tar$")
 

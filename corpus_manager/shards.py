@@ -17,6 +17,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+DEFAULT_SHARD_SIZE = "256MB"
+FORMATS = ("webdataset",)
 BLOCK = 512
 END = 2 * BLOCK  # the two zero blocks that end a tar archive
 USTAR_MAX_SIZE = 8**11 - 1  # the largest size an 11-digit octal field holds (8 GiB - 1)

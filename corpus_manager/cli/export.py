@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
-from ..export import DEFAULT_SHARD_SIZE, FORMATS, ExportReport
 from ..progress import BarProgress, human_bytes
-from ..shards import parse_size
+from ..shards import DEFAULT_SHARD_SIZE, FORMATS, parse_size
 from .app import _joined, _open, _print_failures, _print_json, _run, cli, connection_options, output_options
+
+if TYPE_CHECKING:
+    from ..export import ExportReport
 
 
 def _shard_size(_ctx: click.Context, _param: click.Parameter, value: str) -> int:
@@ -61,6 +64,8 @@ def export(
 ) -> None:
     """Export a release as deterministic WebDataset tar shards {split}-NNNNNN.tar (samples shuffled by the
     release's seed), into the container under exports/NAME/webdataset/ or into --out DIR."""
+    from ..export import ExportReport  # here: the other commands never load the export machinery
+
     partial = ExportReport(release, out or f"{corpus}/exports/{release}/webdataset/", shard_size, split)
 
     async def go() -> ExportReport:
