@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING
 
 import click
 
 from ..progress import BarProgress, human_bytes
 from ..shards import DEFAULT_SHARD_SIZE, FORMATS, parse_size
-from .app import _joined, _open, _print_failures, _print_json, _run, cli, connection_options, output_options
+from .app import _finish_run, _joined, _open, cli, connection_options, output_options
 
 if TYPE_CHECKING:
     from ..export import ExportReport
@@ -82,20 +81,7 @@ def export(
                     report=partial,
                 )
 
-    def interrupted() -> None:
-        partial.interrupted = True
-        if as_json:
-            _print_json(partial.to_json())
-        else:
-            click.echo(format_export(partial))
-
-    report = _run(go, interrupted)
-    _print_failures(report.failures)
-    if as_json:
-        _print_json(report.to_json())
-    else:
-        click.echo(format_export(report))
-    sys.exit(report.exit_code)
+    _finish_run(go, partial, as_json, format_export)
 
 
 def format_export(r: ExportReport) -> str:
