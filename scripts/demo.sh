@@ -31,7 +31,6 @@ echo '$ find .demo/release/train -type f | sort'
 find .demo/release/train -type f | sort
 echo '# see it: a static report (charts, a contact sheet per set with its sketches beside it)'
 run corpus report --out .demo/report
-echo "Open the report in a browser: file://$PWD/.demo/report/index.html"
 echo
 echo '# training: the release as WebDataset shards (locally, then into the container), then streamed'
 run corpus export --release demo-v1 --format webdataset --shard-size 1MB --out .demo/shards
