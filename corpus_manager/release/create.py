@@ -1,9 +1,11 @@
 """``corpus release create``: select sets, list each once, label and split them, store manifest then row.
 
 Only complete sets (``query_sets``). Each selected set is listed once (its blobs directly under its
-prefix, with their sizes and Content-MD5s), never one request per image; a transform output's row is
-read once for its ``SourceSet``. A set whose listing disagrees with its row (blobs lost, or no
-Content-MD5) stops the create with nothing written: a release must never pin a partial set.
+prefix, with their sizes and Content-MD5s), or its whole prefix family (``original/``,
+``transform/NAME/TV/``) is listed flat once and its blobs grouped by set (``flat_families`` says when),
+never one request per image; a transform output's row is read once for its ``SourceSet``.
+A set whose listing disagrees with its row (blobs lost, or no Content-MD5) stops the create with
+nothing written, either way: a release must never pin a partial set.
 The manifest blob is written first, then the row, so a row never points at a missing manifest.
 Two runs creating one NAME at once: the row is inserted, never overwritten, so one wins and the other
 gets its release back (same definition) or exit 2; if their selections differed (sets added between
@@ -17,8 +19,9 @@ import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
+from .. import storage as tuning
 from ..errors import ConfigError, Conflict, CorpusError, CorruptRow
 from ..models import SetIdentity
 from ..query import QueryFilter, SetRow, open_for_reading, parse_transform, query_sets
@@ -36,6 +39,10 @@ from .manifest import (
 )
 
 LIST_PARALLEL = 16  # set listings in flight at once
+# When a family is listed flat, once, instead of once per set (``flat_families``): at least this many of
+# its sets selected. Below it, LIST_PARALLEL listings in flight take one round trip, as one flat page does.
+FLAT_MIN_SETS = 16
+Listing = Literal["auto", "flat", "set"]  # "flat" / "set" force one mode (tests: the same manifest either way)
 
 
 @dataclass
@@ -91,8 +98,8 @@ async def _source_of(storage: Storage, identity: SetIdentity) -> dict[str, Any] 
     return {"path": src.path, "version": src.version, "transform": _transform_json(src)}
 
 
-async def _list_set(storage: Storage, row: SetRow) -> tuple[dict[str, BlobInfo], dict[str, Any] | None]:
-    blobs = await storage.list_prefix(row.blob_prefix)
+def _check_listing(row: SetRow, blobs: dict[str, BlobInfo]) -> None:
+    """A set's listing must be its row's: the same count, every blob with a Content-MD5 to pin."""
     if len(blobs) != row.images:
         raise CorpusError(
             f"set {row.identity} lists {len(blobs)} blobs under {row.blob_prefix} but its row says "
@@ -101,11 +108,80 @@ async def _list_set(storage: Storage, row: SetRow) -> tuple[dict[str, BlobInfo],
     unsigned = sorted(n for n, b in blobs.items() if not b.md5_hex)
     if unsigned:
         raise CorpusError(f"blob {unsigned[0]} has no Content-MD5 to pin; no release written")
-    return blobs, await _source_of(storage, row.identity)
+
+
+Listed = dict[str, tuple[dict[str, BlobInfo], dict[str, Any] | None]]  # set prefix -> (blobs, source set)
+
+
+async def _list_set(storage: Storage, row: SetRow) -> Listed:
+    blobs = await storage.list_prefix(row.blob_prefix)
+    _check_listing(row, blobs)
+    return {row.blob_prefix: (blobs, await _source_of(storage, row.identity))}
+
+
+def family_prefix(identity: SetIdentity) -> str:
+    """The prefix every set of the identity's lineage family lies under: ``original/`` or
+    ``transform/NAME/TV/``."""
+    if identity.is_original:
+        return "original/"
+    return f"transform/{identity.transform_name}/{identity.transform_version}/"
+
+
+async def _list_family(storage: Storage, family: str, rows: list[SetRow]) -> Listed:
+    """One flat listing of ``family``, its blobs grouped by set: a set's blobs are exactly the names
+    ``prefix + file`` with no further '/' in ``file`` (the SPEC's blob layout), so a nested set's, a pending
+    set's or an unselected set's blobs fall into no selected set and are dropped as the pages arrive."""
+    found: dict[str, dict[str, BlobInfo]] = {row.blob_prefix: {} for row in rows}
+    async for page in storage.list_flat(family):
+        for blob in page:
+            bucket = found.get(blob.name[: blob.name.rfind("/") + 1])
+            if bucket is not None:
+                bucket[blob.name] = blob
+    for row in rows:  # in the selection's order: the same set is named first on every run
+        _check_listing(row, found[row.blob_prefix])
+    listed: Listed = {}
+    async for o in ThrottleWork(LIST_PARALLEL).map(lambda row: _source_of(storage, row.identity), rows):
+        if o.error is not None:
+            raise o.error
+        listed[o.item.blob_prefix] = (found[o.item.blob_prefix], o.result)
+    return listed
+
+
+def flat_families(filters: QueryFilter, rows: list[SetRow], listing: Listing = "auto") -> set[str]:
+    """The families to list flat, once, rather than set by set.
+
+    A flat listing reads every blob of the family (pending, nested, unselected sets' too), one page of
+    LIST_PAGE after another; per set, it is one request per set, LIST_PARALLEL at once. On Azurite every
+    listing scans the container, so 1,000 per-set listings cost it ~3x rclone's whole walk (bench/README.md,
+    "Releases"); on Azure a page is one round trip. So a family is listed flat when (1) the selection is
+    the family's complete sets (no tag or version filter: query_sets then read every complete row of it, so
+    the listing reads little the manifest does not use), (2) at least FLAT_MIN_SETS of its sets are
+    selected, and (3) its pages, one after another, are no more than the rounds of per-set listings."""
+    if listing == "set":
+        return set()
+    by_family: dict[str, list[SetRow]] = {}
+    for row in rows:
+        by_family.setdefault(family_prefix(row.identity), []).append(row)
+    if listing == "flat":
+        return set(by_family)
+    if filters.tags or filters.version is not None:
+        return set()  # the selection may be a small share of its family: the listing would read the rest
+    flat = set()
+    for family, members in by_family.items():
+        pages = -(-sum(r.images for r in members) // tuning.LIST_PAGE)  # read at call time, as storage's tunables
+        rounds = -(-len(members) // LIST_PARALLEL)
+        if len(members) >= FLAT_MIN_SETS and pages <= rounds:
+            flat.add(family)
+    return flat
 
 
 async def build_records(
-    storage: Storage, definition: ReleaseDefinition, sets: list[SetRow], progress: ProgressSink
+    storage: Storage,
+    definition: ReleaseDefinition,
+    sets: list[SetRow],
+    progress: ProgressSink,
+    *,
+    listing: Listing = "auto",
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """The manifest records of ``sets`` (sorted already) and the sets left out, by reason."""
     left_out: Counter[str] = Counter()
@@ -117,13 +193,32 @@ async def build_records(
         else:
             labelled.append((row, label))
     progress.grow(files=len(labelled))
-    listed: dict[str, tuple[dict[str, BlobInfo], dict[str, Any] | None]] = {}
-    async for o in ThrottleWork(LIST_PARALLEL).map(lambda item: _list_set(storage, item[0]), labelled):
+    rows = [row for row, _ in labelled]
+    flat = flat_families(definition.filters, rows, listing)
+    families: dict[str, list[SetRow]] = {}
+    work: list[Any] = []  # a family prefix (listed flat) or a SetRow (listed alone)
+    for row in rows:
+        family = family_prefix(row.identity)
+        if family not in flat:
+            work.append(row)
+        elif family not in families:
+            families[family] = [row]
+            work.append(family)
+        else:
+            families[family].append(row)
+
+    async def list_one(item: Any) -> Listed:
+        if isinstance(item, str):
+            return await _list_family(storage, item, families[item])
+        return await _list_set(storage, item)
+
+    listed: Listed = {}
+    async for o in ThrottleWork(LIST_PARALLEL).map(list_one, work):
         if o.error is not None:
             raise o.error  # nothing written yet: the release is all or nothing
         assert o.result is not None
-        listed[o.item[0].blob_prefix] = o.result
-        progress.advance(files=1)
+        listed.update(o.result)
+        progress.advance(files=len(o.result))
     records: list[dict[str, Any]] = []
     for row, label in labelled:
         blobs, source = listed[row.blob_prefix]
@@ -159,7 +254,12 @@ def _same_or_refuse(existing: Release, definition: ReleaseDefinition) -> None:
 
 
 async def create_release(
-    storage: Storage, name: str, definition: ReleaseDefinition, *, progress: ProgressSink | None = None
+    storage: Storage,
+    name: str,
+    definition: ReleaseDefinition,
+    *,
+    progress: ProgressSink | None = None,
+    listing: Listing = "auto",
 ) -> ReleaseReport:
     """Create release ``name`` from ``definition``; see the module docstring. Same name and definition:
     the existing release, nothing written; another definition, or no image selected: ConfigError."""
@@ -175,7 +275,7 @@ async def create_release(
     if result.problems:
         raise CorpusError(f"{result.problems[0]}; the selection is uncertain, no release written")
     await _check_labels(storage, definition, result.sets)
-    records, left_out = await build_records(storage, definition, result.sets, progress)
+    records, left_out = await build_records(storage, definition, result.sets, progress, listing=listing)
     if not records:
         why = "; ".join(f"{n} sets left out: {r}" for r, n in left_out.items())
         raise ConfigError(f"release {name!r}: the selection has no images" + (f" ({why})" if why else ""))

@@ -20,7 +20,7 @@ import base64
 import binascii
 import datetime
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -76,12 +76,17 @@ class Reads(Connection):
     async def _thin_list(self, prefix: str, what: str) -> list[ListedBlob]:
         """Every blob directly under ``prefix`` (delimiter '/'), page after page of LIST_PAGE."""
         out: list[ListedBlob] = []
+        async for page in self._thin_pages(prefix, what, delimiter=True):
+            out += page
+        return out
+
+    async def _thin_pages(self, prefix: str, what: str, *, delimiter: bool) -> AsyncIterator[list[ListedBlob]]:
+        """The blobs under ``prefix``, one page (up to LIST_PAGE) at a time: with ``delimiter`` only those
+        directly under it, without it every blob whose name starts with it (a flat listing)."""
         marker = ""
         while True:
-            query = (
-                f"restype=container&comp=list&prefix={quote(prefix, safe='')}&delimiter=%2F"
-                f"&maxresults={tuning.LIST_PAGE}"
-            )
+            query = f"restype=container&comp=list&prefix={quote(prefix, safe='')}"
+            query += f"{'&delimiter=%2F' if delimiter else ''}&maxresults={tuning.LIST_PAGE}"
             if marker:
                 query += f"&marker={quote(marker, safe='')}"
             body = bytearray()
@@ -90,9 +95,9 @@ class Reads(Connection):
                 page = parse_listing(bytes(body))
             except ListingError as exc:
                 raise StorageError(f"{what}: {exc}") from None
-            out += page.blobs
+            yield page.blobs
             if not page.next_marker:
-                return out
+                return
             marker = page.next_marker
 
     async def _thin_get(
