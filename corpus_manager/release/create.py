@@ -152,11 +152,12 @@ def flat_families(filters: QueryFilter, rows: list[SetRow], listing: Listing = "
 
     A flat listing reads every blob of the family (pending, nested, unselected sets' too), one page of
     LIST_PAGE after another; per set, it is one request per set, LIST_PARALLEL at once. On Azurite every
-    listing scans the container, so 1,000 per-set listings cost it ~3x rclone's whole walk (bench/README.md,
-    "Releases"); on Azure a page is one round trip. So a family is listed flat when (1) the selection is
-    the family's complete sets (no tag or version filter: query_sets then read every complete row of it, so
-    the listing reads little the manifest does not use), (2) at least FLAT_MIN_SETS of its sets are
-    selected, and (3) its pages, one after another, are no more than the rounds of per-set listings."""
+    listing (each page) tests every blob it holds, so 1,000 per-set listings cost it ~3x rclone's whole
+    walk (bench/README.md, "Releases"); on Azure a page is one round trip. So a family is listed flat when
+    (1) the selection is the family's complete sets (no tag or version filter: query_sets then read every
+    complete row of it, so the listing reads little the manifest does not use), (2) at least FLAT_MIN_SETS
+    of its sets are selected, and (3) its pages, one after another, are no more than the rounds of per-set
+    listings (big sets: parallel per-set listings finish sooner)."""
     if listing == "set":
         return set()
     by_family: dict[str, list[SetRow]] = {}
