@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import tools
+from .azurite import ROOT
 from .common import Context
 
 BAREPUT = Path(__file__).resolve().parent / "bareput.py"
@@ -98,7 +99,10 @@ class Corpus(Contender):
 
     def _env(self, ctx: Context) -> dict[str, str]:
         return ctx.child_env(
-            {"AZURE_STORAGE_CONNECTION_STRING": ctx.endpoint.connection_string}, pythonpath=self.pythonpath
+            {"AZURE_STORAGE_CONNECTION_STRING": ctx.endpoint.connection_string},
+            # The repo's own contender gets this tree first too: without PYTHONPATH the child would
+            # import whatever checkout the venv holds installed editable (the shared venv's is /work/main).
+            pythonpath=self.pythonpath or str(ROOT),
         )
 
     def upload(self, ctx: Context, src: Path, t: Target, files: int) -> Invocation:
