@@ -6,7 +6,7 @@
 ImageSets: the rows of sets that finish together share transactions) and one tag writer
 (``TagIndexWriter``, whose ``Indexed`` flags go through the row writer). ``SetWriter`` is one set in one
 run: it claims the set version, keeps the claim renewed, fences every blob write and completes the
-row. ``run_sets`` is the run loop over sets, with one rule for what an interrupted run reports.
+row. ``SetRun`` is the run loop over sets, with one rule for what an interrupted run reports.
 
 A set version has one writer. Its pending row carries the writer's claim: ``Claim`` (a token: an
 upload's is the ContentDigest it will store, so two runs of the same content share the set and store
@@ -31,11 +31,11 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
 from .errors import Conflict, CorpusError, ImmutableSetError
 from .models import PENDING, ImageSet, SetIdentity
-from .results import Failure
+from .results import Failure, HasStatus
 from .rowcommit import GroupCommit
 from .storage import Storage
 from .tagindex import TagIndexWriter
@@ -189,6 +189,12 @@ class SetWriter:
     def _changing(self) -> Conflict:
         return Conflict(f"set {self.label}: its row kept changing under concurrent runs; rerun to finish it")
 
+    def _taken_over(self, consequence: str) -> str:
+        return (
+            f"set {self.label} was taken over by another run while this one {self.doing} it "
+            f"(this run's claim had expired); {consequence}"
+        )
+
     def _claim_fields(self) -> dict[str, Any]:
         ident = self.identity
         return {
@@ -270,10 +276,7 @@ class SetWriter:
                 except Conflict:
                     row = await self.reread()
                     if row.is_complete or self.lease.claim != self.token:
-                        self.lost = (
-                            f"set {self.label} was taken over by another run while this one {self.doing} it "
-                            "(this run's claim had expired); this run stopped writing to it"
-                        )
+                        self.lost = self._taken_over("this run stopped writing to it")
                         return
                     self.etag = row.etag
             raise self._changing()
@@ -332,10 +335,7 @@ class SetWriter:
                         await self.run.tags.add(current)
                     return current
                 if self.lease.claim != self.token:
-                    raise ClaimLost(
-                        f"set {self.label} was taken over by another run while this one {self.doing} it "
-                        "(this run's claim had expired); this run did not complete it"
-                    ) from None
+                    raise ClaimLost(self._taken_over("this run did not complete it")) from None
                 self.etag = current.etag  # a run with the same token renewed its claim: same bytes
         else:
             raise self._changing()
@@ -345,12 +345,8 @@ class SetWriter:
 
 
 # ----- the run loop ------------------------------------------------------------------------
-class SetOutcomeLike(Protocol):
-    status: str
-
-
 T = TypeVar("T")
-R = TypeVar("R", bound=SetOutcomeLike)
+R = TypeVar("R", bound=HasStatus)
 
 
 class SetRun(Generic[T, R]):

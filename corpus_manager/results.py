@@ -45,12 +45,13 @@ def per_second(count: int, elapsed: float) -> float:
     return count / elapsed if elapsed > 0 else 0.0
 
 
-class _HasStatus(Protocol):
-    @property
-    def status(self) -> str: ...
+class HasStatus(Protocol):
+    """A set's outcome in a run's report (upload, transform)."""
+
+    status: str
 
 
-SetT = TypeVar("SetT", bound=_HasStatus)
+SetT = TypeVar("SetT", bound=HasStatus)
 
 
 class SetRunReport(Generic[SetT]):
@@ -64,16 +65,16 @@ class SetRunReport(Generic[SetT]):
     def sets_with(self, status: str) -> list[SetT]:
         return [s for s in self.sets if s.status == status]
 
-    def _count(self, status: str) -> int:
+    def count(self, status: str) -> int:
         return sum(1 for s in self.sets if s.status == status)
 
     @property
     def sets_skipped(self) -> int:
-        return self._count("skipped")
+        return self.count("skipped")
 
     @property
     def sets_failed(self) -> int:
-        return self._count("failed")
+        return self.count("failed")
 
     @property
     def ok(self) -> bool:

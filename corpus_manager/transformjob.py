@@ -63,7 +63,7 @@ class TransformReport(SetRunReport[TransformSetOutcome]):
 
     @property
     def sets_transformed(self) -> int:
-        return self._count("transformed")
+        return self.count("transformed")
 
     @property
     def images_transformed(self) -> int:
@@ -87,8 +87,8 @@ class TransformReport(SetRunReport[TransformSetOutcome]):
                 "transformed": self.sets_transformed,
                 "skipped": self.sets_skipped,
                 "failed": self.sets_failed,
-                "planned": self._count("planned"),
-                "interrupted": self._count("interrupted"),
+                "planned": self.count("planned"),
+                "interrupted": self.count("interrupted"),
             },
             "images": {
                 "transformed": self.images_transformed,
@@ -248,8 +248,9 @@ class TransformJob(JobArgs):
         final = await storage.list_prefix(identity.blob_prefix)
         pairs = [(n[len(identity.blob_prefix) :], info.md5_hex or "") for n, info in final.items()]
         expected = {transforms.output_name(n, self.spec) for n in names}
-        if {p for p, _ in pairs} != expected:
-            missing = sorted(expected - {p for p, _ in pairs})
+        stored = {p for p, _ in pairs}
+        if stored != expected:
+            missing = sorted(expected - stored)
             self.report.failures.append(Failure(f"set {identity}", f"outputs missing after the run: {missing[:3]}"))
             out.status = "failed"
             return out

@@ -72,11 +72,11 @@ class UploadReport(SetRunReport[SetOutcome]):
 
     @property
     def sets_uploaded(self) -> int:
-        return self._count("uploaded")
+        return self.count("uploaded")
 
     @property
     def sets_refused(self) -> int:
-        return self._count("refused")
+        return self.count("refused")
 
     @property
     def files_per_second(self) -> float:

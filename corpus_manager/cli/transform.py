@@ -148,12 +148,11 @@ def format_transform(r: TransformReport) -> str:
         head = f"Nothing to transform: every matching set already has a complete {label} output."
     else:
         head = f"Transformed with {label} (`{r.command_line}`) from {r.source}"
-    images = sum(s.transformed for s in r.sets)
     lines = [
         head,
         f"  sets        {len(r.sets)} total: {r.sets_transformed} transformed, {r.sets_skipped} already done, "
-        f"{r.sets_failed} failed" + (f", {r._count('interrupted')} interrupted" if r.interrupted else ""),
-        f"  images      {images} transformed, {sum(s.already_done for s in r.sets)} already done, "
+        f"{r.sets_failed} failed" + (f", {r.count('interrupted')} interrupted" if r.interrupted else ""),
+        f"  images      {r.images_transformed} transformed, {sum(s.already_done for s in r.sets)} already done, "
         f"{sum(s.failed for s in r.sets)} failed",
         f"  time        {r.elapsed:.1f} s with {r.workers} workers"
         + (f" of the Dask cluster at {r.scheduler}" if r.scheduler else "")

@@ -86,7 +86,7 @@ def format_upload(r: UploadReport) -> str:
         head,
         f"  sets        {len(r.sets)} total: {r.sets_uploaded} uploaded, {r.sets_skipped} already complete, "
         f"{r.sets_refused} refused, {r.sets_failed} failed"
-        + (f", {r._count('interrupted')} interrupted" if r.interrupted else ""),
+        + (f", {r.count('interrupted')} interrupted" if r.interrupted else ""),
         f"  files       {r.files_uploaded} uploaded, {r.files_already_stored} already stored, "
         f"{r.files_corrupt} corrupt, {r.files_failed} failed, {r.files_ignored} ignored (not images)",
         f"  bytes       {human_bytes(r.bytes_uploaded)} in {r.elapsed:.1f} s ({r.files_per_second:.0f} files/s)",
