@@ -114,13 +114,12 @@ class Corpus:
         (path, version, transform). No tags: every complete set. ``release``: the sets release NAME uses
         (with its images of each), instead of the filters."""
         filters = _selection(tags, any_tag, version, transform, originals, release)
+        await open_for_reading(self.storage)
         if release is not None:
-            await open_for_reading(self.storage)
             from .release import load_release
             from .release.inspect import release_sets
 
             return release_sets(await load_release(self.storage, release))
-        await open_for_reading(self.storage)
         return await query_sets(self.storage, filters)
 
     async def download(

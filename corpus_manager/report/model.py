@@ -21,6 +21,7 @@ from ..errors import CorpusError
 from ..query import QueryFilter, SetRow, query_sets
 from ..results import Failure, NullProgress, ProgressSink
 from ..storage import BlobInfo, Storage
+from ..throttle import ThrottleWork
 from .thumbs import ThumbCache, ThumbOutcome
 
 PAGE_SETS = 200  # groups per page: the page stays fast to open however large the corpus
@@ -253,18 +254,17 @@ def _match(file_name: str, files: dict[str, BlobInfo], stems: dict[str, str]) ->
 async def _list_sets(storage: Storage, groups: list[Group], failures: list[Failure]) -> dict[str, dict[str, BlobInfo]]:
     """Each set's files (one listing per set), at most LISTING_PARALLEL at once; a set that cannot be
     listed is named in ``failures`` and shown without images."""
-    gate = asyncio.Semaphore(LISTING_PARALLEL)
     out: dict[str, dict[str, BlobInfo]] = {}
 
-    async def one(row: SetRow) -> None:
-        async with gate:
-            try:
-                out[row.blob_prefix] = _image_files(await storage.list_prefix(row.blob_prefix), row.blob_prefix)
-            except CorpusError as exc:
-                failures.append(Failure(str(row.identity), f"could not list its images: {exc}"))
-                out[row.blob_prefix] = {}
+    async def one(row: SetRow) -> dict[str, BlobInfo]:
+        return _image_files(await storage.list_prefix(row.blob_prefix), row.blob_prefix)
 
-    await asyncio.gather(*(one(s.row) for g in groups for s in g.sets))
+    async for o in ThrottleWork(LISTING_PARALLEL).map(one, [s.row for g in groups for s in g.sets]):
+        if isinstance(o.error, CorpusError):
+            failures.append(Failure(str(o.item.identity), f"could not list its images: {o.error}"))
+        elif o.error is not None:
+            raise o.error
+        out[o.item.blob_prefix] = o.result or {}
     return out
 
 
