@@ -32,7 +32,7 @@ from typing import Any
 from . import azurite, tools
 from .common import Context, Sample, summarize
 from .corpora import PAD_CHUNK, base_png, split_iend
-from .harness import corpus_argv, header, rotate, step, storage_context, table
+from .harness import corpus_argv, header, result_table, rotate, step, storage_context, table
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MiB = 1 << 20
@@ -262,22 +262,8 @@ def main(args: argparse.Namespace) -> int:
         print(render_probe(probe))
     print()
     print(
-        table(
-            ["scenario", "contender", "wall s", "(min-max)", "CPU s", "RSS MB", "MB/s", "vs rclone", "CPU vs rc"],
-            [
-                [
-                    r.scenario,
-                    r.contender + (f" ({r.failed_rounds} failed)" if r.failed_rounds else ""),
-                    f"{r.wall:.2f}",
-                    f"{r.wall_min:.2f}-{r.wall_max:.2f}",
-                    f"{r.cpu:.2f}",
-                    f"{r.maxrss_mb:.0f}",
-                    f"{r.mb_per_s:.1f}",
-                    "n/a" if r.speed_vs_anchor is None else f"{r.speed_vs_anchor:.2f}x",
-                    "n/a" if r.cpu_vs_anchor is None else f"{r.cpu_vs_anchor:.2f}x",
-                ]
-                for r in rows
-            ],
+        result_table(
+            rows, ["scenario", "contender", "wall s", "(min-max)", "CPU s", "RSS MB", "MB/s", "vs rclone", "CPU vs rc"]
         )
     )
     print()

@@ -35,7 +35,7 @@ from . import azurite, tools
 from .bigfiles import make_big_corpus
 from .common import Context, Row, Sample, machine, summarize
 from .corpora import CorpusSpec, make_corpus
-from .harness import corpus_argv, corpus_env, header, rotate, step, storage_context, table
+from .harness import corpus_argv, corpus_env, header, result_table, rotate, step, storage_context, table
 from .measure import Measured
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -290,47 +290,12 @@ def scenario_id(scenario: str, sizes: Sizes) -> str:
 
 
 # ----- report ----------------------------------------------------------------------------------------
-def _x(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.2f}x"
-
-
 def render(rows: list[Row]) -> str:
-    head = [
-        "scenario",
-        "contender",
-        "wall s",
-        "(min-max)",
-        "CPU s",
-        "RSS MB",
-        "files/s",
-        "MB/s",
-        "vs rclone",
-        "CPU vs rc",
-        "of ceiling",
-        "server CPU s",
-    ]
-    lines = [
-        [
-            r.scenario,
-            r.contender + (f" ({r.failed_rounds} failed)" if r.failed_rounds else ""),
-            f"{r.wall:.2f}",
-            f"{r.wall_min:.2f}-{r.wall_max:.2f}",
-            f"{r.cpu:.2f}",
-            f"{r.maxrss_mb:.0f}",
-            f"{r.files_per_s:,.0f}",
-            f"{r.mb_per_s:.1f}",
-            _x(r.speed_vs_anchor),
-            _x(r.cpu_vs_anchor),
-            _x(r.of_ceiling),
-            "n/a" if r.server_cpu is None else f"{r.server_cpu:.2f}",
-        ]
-        for r in rows
-    ]
     note = (
         "vs rclone = rclone's wall / this wall (> 1 faster); CPU vs rc = this client CPU / rclone's (< 1 cheaper); "
         "of ceiling = bare-get's wall / this wall. Medians over rounds."
     )
-    return table(head, lines) + "\n" + note
+    return result_table(rows) + "\n" + note
 
 
 def verdicts(rows: list[Row], sizes: Sizes, corpus_names: list[str]) -> list[dict[str, Any]]:

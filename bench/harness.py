@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from . import azurite, common
-from .common import Context, Sample
+from .common import Context, Row, Sample
 from .measure import Measured
 from .tools import BENCH_DIR
 
@@ -147,3 +147,31 @@ def table(head: list[str], lines: list[list[str]], left: int = 2) -> str:
         )
 
     return "\n".join([fmt(head), "  ".join("-" * w for w in widths), *(fmt(x) for x in lines)])
+
+
+def ratio(v: float | None) -> str:
+    """A ratio cell: ``1.23x``, or ``n/a`` when there was no anchor to divide by."""
+    return "n/a" if v is None else f"{v:.2f}x"
+
+
+# Every suite's result table draws its cells from here, so the same column reads the same in each report.
+RESULT_COLUMNS: dict[str, Callable[[Row], str]] = {
+    "scenario": lambda r: r.scenario,
+    "contender": lambda r: r.contender + (f" ({r.failed_rounds} failed)" if r.failed_rounds else ""),
+    "wall s": lambda r: f"{r.wall:.2f}",
+    "(min-max)": lambda r: f"{r.wall_min:.2f}-{r.wall_max:.2f}",
+    "CPU s": lambda r: f"{r.cpu:.2f}",
+    "RSS MB": lambda r: f"{r.maxrss_mb:.0f}",
+    "files/s": lambda r: f"{r.files_per_s:,.0f}",
+    "MB/s": lambda r: f"{r.mb_per_s:.1f}",
+    "vs rclone": lambda r: ratio(r.speed_vs_anchor),
+    "CPU vs rc": lambda r: ratio(r.cpu_vs_anchor),
+    "of ceiling": lambda r: ratio(r.of_ceiling),
+    "server CPU s": lambda r: "n/a" if r.server_cpu is None else f"{r.server_cpu:.2f}",
+}
+
+
+def result_table(rows: list[Row], columns: list[str] | None = None, left: int = 2) -> str:
+    """The suites' result table: one line per row, the named ``columns`` (default: all of RESULT_COLUMNS)."""
+    head = list(RESULT_COLUMNS) if columns is None else columns
+    return table(head, [[RESULT_COLUMNS[c](r) for c in head] for r in rows], left=left)

@@ -34,7 +34,18 @@ from typing import Any
 from . import azurite, tools
 from .common import Context, Row, Sample, machine, summarize
 from .corpora import CorpusSpec, make_corpus
-from .harness import corpus_argv, corpus_env, header, rotate, step, storage_context, table
+from .harness import (
+    RESULT_COLUMNS,
+    corpus_argv,
+    corpus_env,
+    header,
+    ratio,
+    result_table,
+    rotate,
+    step,
+    storage_context,
+    table,
+)
 from .measure import Measured
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -313,10 +324,6 @@ class QuerySuite:
 
 
 # ----- report ------------------------------------------------------------------------------------
-def _x(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.2f}x"
-
-
 def render_query(rows: list[Row], probes: dict[str, Any]) -> str:
     head = [
         "query",
@@ -354,37 +361,8 @@ def render_query(rows: list[Row], probes: dict[str, Any]) -> str:
 
 
 def render_download(rows: list[Row]) -> str:
-    head = [
-        "scenario",
-        "contender",
-        "wall s",
-        "(min-max)",
-        "CPU s",
-        "RSS MB",
-        "files/s",
-        "MB/s",
-        "vs rclone",
-        "CPU vs rc",
-        "server CPU s",
-    ]
-    lines = [
-        [
-            r.scenario,
-            r.contender + (f" ({r.failed_rounds} failed)" if r.failed_rounds else ""),
-            f"{r.wall:.2f}",
-            f"{r.wall_min:.2f}-{r.wall_max:.2f}",
-            f"{r.cpu:.2f}",
-            f"{r.maxrss_mb:.0f}",
-            f"{r.files_per_s:,.0f}",
-            f"{r.mb_per_s:.1f}",
-            _x(r.speed_vs_anchor),
-            _x(r.cpu_vs_anchor),
-            "n/a" if r.server_cpu is None else f"{r.server_cpu:.2f}",
-        ]
-        for r in rows
-        if r.scenario != "query"
-    ]
-    return table(head, lines)
+    cols = [c for c in RESULT_COLUMNS if c != "of ceiling"]
+    return result_table([r for r in rows if r.scenario != "query"], cols)
 
 
 def verdicts(rows: list[Row], probes: dict[str, Any], sizes: Sizes) -> list[dict[str, Any]]:
@@ -408,7 +386,7 @@ def verdicts(rows: list[Row], probes: dict[str, Any], sizes: Sizes) -> list[dict
                 "target": f"{scenario}: corpus download vs rclone copy (reported; issue 3 sets no threshold)",
                 "measured": "n/a"
                 if c is None or c.speed_vs_anchor is None
-                else f"{_x(c.speed_vs_anchor)} speed, {_x(c.cpu_vs_anchor)} CPU",
+                else f"{ratio(c.speed_vs_anchor)} speed, {ratio(c.cpu_vs_anchor)} CPU",
                 "passed": None,
             }
         )

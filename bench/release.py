@@ -29,7 +29,7 @@ from . import azurite, tools
 from .azurite import ROOT
 from .common import Context, Row, Sample, machine, summarize
 from .corpora import CorpusSpec, make_corpus
-from .harness import corpus_argv, header, rotate, step, storage_context, table
+from .harness import corpus_argv, header, result_table, rotate, step, storage_context, table
 from .measure import Measured
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -187,27 +187,10 @@ class ReleaseSuite:
         return self.samples
 
 
-def _x(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.2f}x"
-
-
 def render(rows: list[Row]) -> str:
-    head = ["scenario", "contender", "wall s", "(min-max)", "CPU s", "RSS MB", "files/s", "MB/s", "vs rclone"]
-    lines = [
-        [
-            r.scenario,
-            r.contender + (f" ({r.failed_rounds} failed)" if r.failed_rounds else ""),
-            f"{r.wall:.2f}",
-            f"{r.wall_min:.2f}-{r.wall_max:.2f}",
-            f"{r.cpu:.2f}",
-            f"{r.maxrss_mb:.0f}",
-            f"{r.files_per_s:,.0f}",
-            f"{r.mb_per_s:.1f}",
-            _x(r.speed_vs_anchor),
-        ]
-        for r in rows
-    ]
-    return table(head, lines)
+    return result_table(
+        rows, ["scenario", "contender", "wall s", "(min-max)", "CPU s", "RSS MB", "files/s", "MB/s", "vs rclone"]
+    )
 
 
 def verdicts(rows: list[Row]) -> list[dict[str, Any]]:

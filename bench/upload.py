@@ -21,6 +21,7 @@ from typing import Any
 from . import contenders as cs
 from .common import Context, Row, Sample
 from .corpora import CorpusSpec, make_corpus
+from .harness import result_table
 
 KB, MB = 1 << 10, 1 << 20
 
@@ -413,44 +414,7 @@ def targets(
 
 
 def render_table(rows: list[Row], descriptions: dict[str, str]) -> str:
-    head = [
-        "scenario",
-        "contender",
-        "wall s",
-        "(min-max)",
-        "CPU s",
-        "RSS MB",
-        "files/s",
-        "MB/s",
-        "vs rclone",
-        "CPU vs rc",
-        "of ceiling",
-        "server CPU s",
-    ]
-    lines = [
-        [
-            r.scenario,
-            r.contender + (f" ({r.failed_rounds} failed)" if r.failed_rounds else ""),
-            f"{r.wall:.2f}",
-            f"{r.wall_min:.2f}-{r.wall_max:.2f}",
-            f"{r.cpu:.2f}",
-            f"{r.maxrss_mb:.0f}",
-            f"{r.files_per_s:,.0f}",
-            f"{r.mb_per_s:.1f}",
-            _fmt(r.speed_vs_anchor),
-            _fmt(r.cpu_vs_anchor),
-            _fmt(r.of_ceiling),
-            "n/a" if r.server_cpu is None else f"{r.server_cpu:.2f}",
-        ]
-        for r in rows
-    ]
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *lines, strict=False)]
-    out = ["  ".join(h.ljust(w) if i < 2 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths, strict=True)))]
-    out.append("  ".join("-" * w for w in widths))
-    for line in lines:
-        out.append(
-            "  ".join(x.ljust(w) if i < 2 else x.rjust(w) for i, (x, w) in enumerate(zip(line, widths, strict=True)))
-        )
+    out = [result_table(rows)]
     legend = ["", "scenarios:"] + [f"  {k}: {v}" for k, v in descriptions.items()]
     legend.append(
         "vs rclone = rclone's wall / this wall (>1 faster); CPU vs rc = this client CPU / rclone's "
