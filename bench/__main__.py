@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import azurite, common, harness, tools
+from . import azurite, common, harness
 from . import profile as prof
 from . import upload as up
 from .tools import BENCH_DIR
@@ -98,21 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     if rounds < 1 or args.parallel < 1:
         sys.exit("bench: --rounds and --parallel must be at least 1")
     sizes = up.QUICK if args.quick else up.FULL
-    variants: dict[str, str | None] = {} if args.no_repo_corpus else {"corpus": None}
-    for item in args.variant:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not Path(path, "corpus_manager").is_dir():
-            sys.exit(f"bench: --variant wants NAME=PATH with PATH/corpus_manager, got {item!r}")
-        variants[f"corpus:{name}"] = str(Path(path).resolve())
-    kinds = {k.strip() for k in args.contenders.split(",")} if args.contenders else None
+    variants = harness.corpus_variants(args)
+    kinds = harness.contender_kinds(args)
 
     # Tools first: a missing one should stop the run before minutes of corpus making.
-    versions = {"python": sys.version.split()[0]}
-    if kinds is None or "rclone" in kinds:
-        versions["rclone"] = tools.rclone_version()
-    if kinds is None or "azcopy" in kinds:
-        versions["azcopy"] = tools.azcopy_version()
-    versions["azurite"] = azurite.version()
+    versions = harness.tool_versions(kinds)
 
     corpora_dir = BENCH_DIR / "corpora"
     roots = up.make_corpora(sizes, wanted, corpora_dir)

@@ -31,11 +31,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import azurite, tools
+from . import tools
 from .bigfiles import make_big_corpus
 from .common import Context, Row, Sample, machine, summarize
 from .corpora import CorpusSpec, make_corpus
-from .harness import corpus_argv, corpus_env, header, result_table, rotate, step, storage_context, table
+from .harness import (
+    contender_kinds,
+    corpus_argv,
+    corpus_env,
+    corpus_variants,
+    header,
+    result_table,
+    rotate,
+    step,
+    storage_context,
+    table,
+    tool_versions,
+)
 from .measure import Measured
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -360,19 +372,9 @@ def main(args: argparse.Namespace) -> int:
     unknown = sorted(set(wanted) - set(SCENARIOS))
     if unknown:
         sys.exit(f"bench: unknown download scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
-    variants: dict[str, str | None] = {} if args.no_repo_corpus else {"corpus": None}
-    for item in args.variant:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not Path(path, "corpus_manager").is_dir():
-            sys.exit(f"bench: --variant wants NAME=PATH with PATH/corpus_manager, got {item!r}")
-        variants[f"corpus:{name}"] = str(Path(path).resolve())
-    kinds = {k.strip() for k in args.contenders.split(",")} if args.contenders else None
-    versions = {"python": sys.version.split()[0]}
-    if kinds is None or "rclone" in kinds:
-        versions["rclone"] = tools.rclone_version()
-    if kinds is None or "azcopy" in kinds:
-        versions["azcopy"] = tools.azcopy_version()
-    versions["azurite"] = azurite.version()
+    variants = corpus_variants(args)
+    kinds = contender_kinds(args)
+    versions = tool_versions(kinds)
     started = time.time()
     with storage_context(
         "download",

@@ -6,6 +6,7 @@ The upload suite (upload.py, driven by __main__.py) predates them; these two sui
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime as dt
 import os
@@ -13,8 +14,9 @@ import shutil
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
-from . import azurite, common
+from . import azurite, common, tools
 from .common import Context, Row, Sample
 from .measure import Measured
 from .tools import BENCH_DIR
@@ -175,3 +177,31 @@ def result_table(rows: list[Row], columns: list[str] | None = None, left: int = 
     """The suites' result table: one line per row, the named ``columns`` (default: all of RESULT_COLUMNS)."""
     head = list(RESULT_COLUMNS) if columns is None else columns
     return table(head, [[RESULT_COLUMNS[c](r) for c in head] for r in rows], left=left)
+
+
+def corpus_variants(args: argparse.Namespace) -> dict[str, str | None]:
+    """The corpus contenders from ``--no-repo-corpus`` and ``--variant NAME=PATH``; exits on a bad one."""
+    variants: dict[str, str | None] = {} if args.no_repo_corpus else {"corpus": None}
+    for item in args.variant:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not Path(path, "corpus_manager").is_dir():
+            sys.exit(f"bench: --variant wants NAME=PATH with PATH/corpus_manager, got {item!r}")
+        variants[f"corpus:{name}"] = str(Path(path).resolve())
+    return variants
+
+
+def contender_kinds(args: argparse.Namespace) -> set[str] | None:
+    """``--contenders`` as a set, or None for all of them."""
+    return {k.strip() for k in args.contenders.split(",")} if args.contenders else None
+
+
+def tool_versions(kinds: set[str] | None) -> dict[str, str]:
+    """Versions for the header; only the tools that will run are asked, so a missing one that is not wanted
+    does not stop the run (and a wanted one stops it before minutes of corpus making)."""
+    versions = {"python": sys.version.split()[0]}
+    if kinds is None or "rclone" in kinds:
+        versions["rclone"] = tools.rclone_version()
+    if kinds is None or "azcopy" in kinds:
+        versions["azcopy"] = tools.azcopy_version()
+    versions["azurite"] = azurite.version()
+    return versions
