@@ -18,19 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-AZURITE_BIN = ROOT / "node_modules" / ".bin" / "azurite"
-# Azurite's published development account; not a secret, and the bench never targets anything else
-# unless BENCH_CONNECTION_STRING says so.
-ACCOUNT = "devstoreaccount1"
-KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+# ACCOUNT/KEY: Azurite's published development account; not a secret, and the bench never targets anything
+# else unless BENCH_CONNECTION_STRING says so. Re-exported: the other bench modules import ROOT etc. from here.
+from .azurite_argv import ACCOUNT, AZURITE_BIN, KEY, azurite_argv, free_port
+from .azurite_argv import ROOT as ROOT
+
 ENV_CONNECTION = "BENCH_CONNECTION_STRING"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
@@ -152,29 +145,7 @@ class Azurite:
             raise SystemExit(f"bench: {AZURITE_BIN} is missing: run `make setup` (it runs `npm ci`)")
         self.location.mkdir(parents=True, exist_ok=True)
         blob, queue, table = self.ports
-        argv = [
-            str(AZURITE_BIN),
-            "--disableTelemetry",
-            "--silent",
-            "--skipApiVersionCheck",
-            "--loose",
-            "--location",
-            str(self.location),
-            "--blobHost",
-            "127.0.0.1",
-            "--queueHost",
-            "127.0.0.1",
-            "--tableHost",
-            "127.0.0.1",
-            "--blobPort",
-            str(blob),
-            "--queuePort",
-            str(queue),
-            "--tablePort",
-            str(table),
-        ]
-        if self.in_memory:
-            argv.append("--inMemoryPersistence")
+        argv = azurite_argv(self.location, blob, queue, table, in_memory=self.in_memory)
         log = open(self.location / "azurite.log", "wb")  # noqa: SIM115 - the child keeps it open
         self.proc = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True

@@ -16,20 +16,13 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
+# Shared with bench/ (standard library only); ROOT, ACCOUNT, KEY and free_port are imported from here by tests.
+from bench.azurite_argv import ACCOUNT, AZURITE_BIN, KEY, azurite_argv, free_port
+from bench.azurite_argv import ROOT as ROOT
+
 # Hypothesis fails an example that takes over 200 ms by default: a wall-clock assert, off here.
 settings.register_profile("suite", deadline=None)
 settings.load_profile("suite")
-
-ROOT = Path(__file__).resolve().parent.parent
-AZURITE_BIN = ROOT / "node_modules" / ".bin" / "azurite"
-ACCOUNT = "devstoreaccount1"
-KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_port(port: int, timeout: float = 60.0) -> None:  # generous: Node starts slowly on a loaded machine
@@ -68,27 +61,7 @@ class Azurite:
         if not AZURITE_BIN.exists():
             pytest.fail(f"{AZURITE_BIN} is missing: run `make test` (it runs `npm ci`)")
         self.proc = subprocess.Popen(
-            [
-                str(AZURITE_BIN),
-                "--disableTelemetry",
-                "--silent",
-                "--skipApiVersionCheck",
-                "--loose",
-                "--location",
-                str(self.location),
-                "--blobHost",
-                "127.0.0.1",
-                "--queueHost",
-                "127.0.0.1",
-                "--tableHost",
-                "127.0.0.1",
-                "--blobPort",
-                str(self.blob_port),
-                "--queuePort",
-                str(self.queue_port),
-                "--tablePort",
-                str(self.table_port),
-            ],
+            azurite_argv(self.location, self.blob_port, self.queue_port, self.table_port),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
