@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import struct
+import subprocess
+import time
 import zlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -33,6 +35,34 @@ def with_storage(conn: str, corpus: str, fn: Callable[[Storage], Awaitable[T]]) 
             return await fn(storage)
 
     return asyncio.run(run())
+
+
+def upload_ok(conn: str, corpus: str, root: Path, version: str = "v1") -> Any:
+    """Upload ``root`` as ``version`` through the library; the test's setup, so it must succeed."""
+    report = run(conn, corpus, lambda c: c.upload(str(root), version))
+    assert report.ok, report.failures
+    return report
+
+
+def wait_for(
+    condition: Callable[[], bool], what: str, proc: subprocess.Popen[str] | None = None, timeout: float = 120.0
+) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` (and ``proc``'s stderr if it exited first).
+    The bound is generous for a loaded machine, never a speed claim; an exception means "not yet"."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            break
+        try:
+            if condition():
+                return
+        except Exception:
+            pass  # not there yet (e.g. the container is being created)
+        time.sleep(0.05)
+    exited = proc is not None and proc.poll() is not None
+    err = proc.communicate(timeout=30)[1] if proc is not None and exited else ""
+    code = f" (exit {proc.returncode})" if proc is not None and exited else ""
+    raise AssertionError(f"{what} never happened within {timeout:.0f} s{code}: {(err or '')[-2000:]}")
 
 
 def blobs(conn: str, corpus: str) -> dict[str, dict[str, Any]]:

@@ -12,34 +12,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from corpus_manager.dlcache import CACHE_NAME
 
 from ..conftest import KEY, unique_png
-from ..helpers import blobs, rows, run
+from ..helpers import blobs, rows, upload_ok, wait_for
 from ..processes import alive, descendants
 
 CLI = [sys.executable, "-m", "corpus_manager.cli"]
-
-
-def _upload(conn: str, corpus: str, root: Path) -> None:
-    report = run(conn, corpus, lambda c: c.upload(str(root), "v1"))
-    assert report.ok, report.failures
-
-
-def _wait_until(condition: Callable[[], bool], proc: subprocess.Popen[str], what: str) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if condition():
-                return
-        except Exception:
-            pass  # not there yet (e.g. the container is being created)
-        time.sleep(0.05)
-    _, err = proc.communicate(timeout=30) if proc.poll() is not None else ("", "")
-    raise AssertionError(f"{what} never happened (exit {proc.returncode}): {err[-2000:]}")
 
 
 def _ctrl_c(proc: subprocess.Popen[str]) -> tuple[str, str]:
@@ -67,14 +48,14 @@ def test_sigint_during_transform_stops_reports_leaves_no_worker_and_rerun_finish
     for d in range(4):
         for i in range(30):
             unique_png(tmp_path / f"set{d}" / f"{i:03}.png", d * 1000 + i, size="128x128")
-    _upload(conn, corpus_name, tmp_path)
+    upload_ok(conn, corpus_name, tmp_path)
     cmd = [*CLI, "transform", "soft", "--version", "1", "--op", "blur=4", "--op", "charcoal=2", "--workers", "2"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
     def some_outputs() -> bool:
         return sum(n.startswith("transform/") for n in blobs(conn, corpus_name)) >= 10
 
-    _wait_until(some_outputs, proc, "the transform getting going")
+    wait_for(some_outputs, "the transform getting going", proc)
     workers = set(descendants(proc.pid))
     assert len(workers) >= 2, "the worker processes should be running"
     out, err = _ctrl_c(proc)
@@ -114,7 +95,7 @@ def test_sigint_during_download_stops_reports_keeps_no_partial_file_and_rerun_fi
     for d in range(4):
         for i in range(100):
             unique_png(root / f"set{d}" / f"{i:03}.png", d * 1000 + i, size="64x64")
-    _upload(conn, corpus_name, root)
+    upload_ok(conn, corpus_name, root)
     out = tmp_path / "out"
     manifest = tmp_path / "m.jsonl"
     cmd = [*CLI, "download", "--out", str(out), "--manifest", str(manifest), "--max-parallel-downloads", "1"]
@@ -123,7 +104,7 @@ def test_sigint_during_download_stops_reports_keeps_no_partial_file_and_rerun_fi
     def downloaded() -> list[Path]:  # every file, temporary ones too (not the MD5 cache)
         return [p for p in out.rglob("*") if p.is_file() and p.name != CACHE_NAME]
 
-    _wait_until(lambda: len([p for p in downloaded() if p.suffix == ".png"]) >= 10, proc, "the download getting going")
+    wait_for(lambda: len([p for p in downloaded() if p.suffix == ".png"]) >= 10, "the download getting going", proc)
     out_text, err = _ctrl_c(proc)
     assert proc.returncode == 130, err
     lines = out_text.splitlines()

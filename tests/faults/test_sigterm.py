@@ -14,8 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,31 +23,11 @@ from corpus_manager.dlcache import CACHE_NAME
 from corpus_manager.download import DownloadReport, temp_path
 
 from ..conftest import KEY, unique_png
-from ..helpers import blobs, run
+from ..helpers import blobs, upload_ok, wait_for
 from ..processes import alive, descendants
 
 CLI = [sys.executable, "-m", "corpus_manager.cli"]
 WAIT = 120  # seconds: the generous bound of every wait below (a loaded machine), never a speed claim
-
-
-def _upload(conn: str, corpus: str, root: Path) -> None:
-    report = run(conn, corpus, lambda c: c.upload(str(root), "v1"))
-    assert report.ok, report.failures
-
-
-def _wait_for(condition: Callable[[], bool], what: str, proc: subprocess.Popen[str] | None = None) -> None:
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            break
-        try:
-            if condition():
-                return
-        except Exception:
-            pass  # not there yet (e.g. the container is being created)
-        time.sleep(0.05)
-    err = proc.communicate(timeout=30)[1] if proc is not None and proc.poll() is not None else ""
-    raise AssertionError(f"{what} never happened within {WAIT} s: {err[-2000:]}")
 
 
 def _finish(proc: subprocess.Popen[str]) -> tuple[str, str]:
@@ -106,7 +84,7 @@ def test_a_cancel_at_any_point_of_a_download_leaves_no_temporary_file(
     root = tmp_path / "photos"
     for i in range(40):
         unique_png(root / "s" / f"{i:03}.png", i)
-    _upload(conn, corpus_name, root)
+    upload_ok(conn, corpus_name, root)
     stored = blobs(conn, corpus_name)
     strays: dict[int, list[str]] = {}
     for n in range(1, 41):
@@ -128,11 +106,11 @@ def test_sigterm_during_download_exits_143_with_a_summary_no_temporary_file_and_
     for d in range(4):
         for i in range(60):
             unique_png(root / f"set{d}" / f"{i:03}.png", d * 1000 + i, size="64x64")
-    _upload(conn, corpus_name, root)
+    upload_ok(conn, corpus_name, root)
     out = tmp_path / "out"
     cmd = [*CLI, "download", "--out", str(out), "--max-parallel-downloads", "4"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    _wait_for(lambda: len(_files(out)) >= 10, "the download getting going", proc)
+    wait_for(lambda: len(_files(out)) >= 10, "the download getting going", proc)
     os.kill(proc.pid, signal.SIGTERM)  # to the process alone, as `kill PID`, `timeout` or a service manager do
     out_text, err = _finish(proc)
     assert proc.returncode == 143, err
@@ -194,10 +172,10 @@ def test_a_stop_signal_during_transform_leaves_no_worker_nor_resource_tracker(
     for d in range(2):
         for i in range(30):
             unique_png(tmp_path / f"set{d}" / f"{i:03}.png", d * 1000 + i, size="128x128")
-    _upload(conn, corpus_name, tmp_path)
+    upload_ok(conn, corpus_name, tmp_path)
     cmd = [*CLI, "transform", "soft", "--version", "1", "--op", "blur=4", "--op", "charcoal=2", "--workers", "2"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    _wait_for(
+    wait_for(
         lambda: sum(n.startswith("transform/") for n in blobs(conn, corpus_name)) >= 4,
         "the transform getting going",
         proc,
@@ -211,7 +189,7 @@ def test_a_stop_signal_during_transform_leaves_no_worker_nor_resource_tracker(
             and sum("resource_tracker" in c for c in helpers.values()) == 1
         )
 
-    _wait_for(both_workers_and_the_tracker, "two workers and the resource tracker running", proc)
+    wait_for(both_workers_and_the_tracker, "two workers and the resource tracker running", proc)
     sig = getattr(signal, signame)
     if to_group:
         os.killpg(proc.pid, sig)
@@ -223,4 +201,4 @@ def test_a_stop_signal_during_transform_leaves_no_worker_nor_resource_tracker(
         "Interrupted: transform soft@1 is partly done; unfinished sets stay pending and a rerun finishes them"
     )
     assert "Rerun the same command to finish the rest." in err and "Traceback" not in err, err
-    _wait_for(lambda: not [p for p in helpers if alive(p)], f"every helper process exiting: {helpers}")
+    wait_for(lambda: not [p for p in helpers if alive(p)], f"every helper process exiting: {helpers}")
