@@ -62,7 +62,7 @@ def wait_for(
     exited = proc is not None and proc.poll() is not None
     err = proc.communicate(timeout=30)[1] if proc is not None and exited else ""
     code = f" (exit {proc.returncode})" if proc is not None and exited else ""
-    raise AssertionError(f"{what} never happened within {timeout:.0f} s{code}: {(err or '')[-2000:]}")
+    raise AssertionError(f"{what} never happened within {timeout:g} s{code}: {(err or '')[-2000:]}")
 
 
 def blobs(conn: str, corpus: str) -> dict[str, dict[str, Any]]:
