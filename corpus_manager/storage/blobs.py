@@ -11,7 +11,6 @@ import base64
 import contextlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -21,15 +20,8 @@ from .. import storage as tuning
 from ..errors import StorageError
 from ..throttle import ByteBudget
 from .errors import http_error
+from .listing import BlobInfo
 from .reads import Reads
-
-
-@dataclass(frozen=True)
-class BlobInfo:
-    name: str
-    size: int
-    md5_hex: str | None
-    content_type: str | None
 
 
 def _info(name: str, props: Any) -> BlobInfo:
@@ -48,8 +40,7 @@ class Blobs(Reads):
         from_sdk = await self._read_sas() is None
         self.stats.blob_lists += 1
         if not from_sdk:
-            listed = await self._thin_list(prefix, f"listing {prefix}")
-            return {b.name: BlobInfo(b.name, b.size, b.md5_hex, b.content_type) for b in listed}
+            return {b.name: b for b in await self._thin_list(prefix, f"listing {prefix}")}
         from azure.storage.blob import BlobProperties  # loaded already: self.container imports the blob SDK
 
         out: dict[str, BlobInfo] = {}
@@ -67,7 +58,7 @@ class Blobs(Reads):
         self.stats.blob_lists += 1
         if await self._read_sas() is not None:
             async for listed in self._thin_pages(prefix, f"listing {prefix}", delimiter=False):
-                yield [BlobInfo(b.name, b.size, b.md5_hex, b.content_type) for b in listed]
+                yield listed
             return
         page: list[BlobInfo] = []
         items = self.container.list_blobs(name_starts_with=prefix)

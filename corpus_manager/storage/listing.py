@@ -25,8 +25,10 @@ class ListingError(ValueError):
     """The answer is not a List Blobs document we can trust."""
 
 
-@dataclass
-class ListedBlob:
+@dataclass(frozen=True)
+class BlobInfo:
+    """A blob as a listing or a read reports it (the SDK path builds the same, in ``blobs``)."""
+
     name: str
     size: int
     md5_hex: str | None
@@ -35,7 +37,7 @@ class ListedBlob:
 
 @dataclass
 class ListingPage:
-    blobs: list[ListedBlob] = field(default_factory=list)
+    blobs: list[BlobInfo] = field(default_factory=list)
     prefixes: list[str] = field(default_factory=list)  # nested "directories" (delimiter listings)
     next_marker: str = ""  # empty: this was the last page
 
@@ -121,7 +123,7 @@ def parse_listing(data: bytes) -> ListingPage:
     return page
 
 
-def _blob(values: dict[str, str]) -> ListedBlob:
+def _blob(values: dict[str, str]) -> BlobInfo:
     name = values["Name"]
     try:
         size = int(values["Content-Length"])
@@ -132,4 +134,4 @@ def _blob(values: dict[str, str]) -> ListedBlob:
         md5_hex = base64.b64decode(md5, validate=True).hex() if md5 else None
     except binascii.Error:
         md5_hex = None  # not a Content-MD5 we can compare with: treated as none (download refuses it)
-    return ListedBlob(name, size, md5_hex, values.get("Content-Type") or None)
+    return BlobInfo(name, size, md5_hex, values.get("Content-Type") or None)

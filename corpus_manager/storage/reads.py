@@ -34,7 +34,7 @@ from ..errors import Conflict, StorageError
 from .clients import Connection
 from .errors import http_error
 from .http import container_sas, retrying
-from .listing import ListedBlob, ListingError, parse_listing
+from .listing import BlobInfo, ListingError, parse_listing
 
 
 @dataclass(frozen=True)
@@ -73,14 +73,14 @@ class Reads(Connection):
         query = "restype=container&comp=list&maxresults=1"
         await self._thin_get(self._blob_base.rstrip("/"), f"container {self.corpus}", query, lambda _: None, whole=True)
 
-    async def _thin_list(self, prefix: str, what: str) -> list[ListedBlob]:
+    async def _thin_list(self, prefix: str, what: str) -> list[BlobInfo]:
         """Every blob directly under ``prefix`` (delimiter '/'), page after page of LIST_PAGE."""
-        out: list[ListedBlob] = []
+        out: list[BlobInfo] = []
         async for page in self._thin_pages(prefix, what, delimiter=True):
             out += page
         return out
 
-    async def _thin_pages(self, prefix: str, what: str, *, delimiter: bool) -> AsyncIterator[list[ListedBlob]]:
+    async def _thin_pages(self, prefix: str, what: str, *, delimiter: bool) -> AsyncIterator[list[BlobInfo]]:
         """The blobs under ``prefix``, one page (up to LIST_PAGE) at a time: with ``delimiter`` only those
         directly under it, without it every blob whose name starts with it (a flat listing)."""
         marker = ""
