@@ -129,9 +129,13 @@ def _blob(values: dict[str, str]) -> BlobInfo:
         size = int(values["Content-Length"])
     except KeyError:
         raise ValueError("Content-Length") from None
-    md5 = values.get("Content-MD5") or ""
+    return BlobInfo(name, size, md5_hex(values.get("Content-MD5") or ""), values.get("Content-Type") or None)
+
+
+def md5_hex(b64: str) -> str | None:
+    """A Content-MD5 (base64) as hex; None when empty or not base64: not a Content-MD5 we can compare
+    with, treated as none (download refuses it)."""
     try:
-        md5_hex = base64.b64decode(md5, validate=True).hex() if md5 else None
+        return base64.b64decode(b64, validate=True).hex() if b64 else None
     except binascii.Error:
-        md5_hex = None  # not a Content-MD5 we can compare with: treated as none (download refuses it)
-    return BlobInfo(name, size, md5_hex, values.get("Content-Type") or None)
+        return None

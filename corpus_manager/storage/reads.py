@@ -16,8 +16,6 @@ the SDK, as before.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import datetime
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -34,7 +32,7 @@ from ..errors import Conflict, StorageError
 from .clients import Connection
 from .errors import http_error
 from .http import container_sas, retrying
-from .listing import BlobInfo, ListingError, parse_listing
+from .listing import BlobInfo, ListingError, md5_hex, parse_listing
 
 
 @dataclass(frozen=True)
@@ -52,11 +50,7 @@ class Answer:
         size = int(total) if total.isdigit() else int(headers.get("Content-Length") or 0)
         # on a ranged answer Content-MD5 would be the range's; x-ms-blob-content-md5 is always the blob's
         md5 = headers.get("x-ms-blob-content-md5") or headers.get("Content-MD5") or ""
-        try:
-            md5_hex = base64.b64decode(md5, validate=True).hex() if md5 else None
-        except binascii.Error:
-            md5_hex = None
-        return cls(size, md5_hex, headers.get("Content-Type"), headers.get("ETag", ""))
+        return cls(size, md5_hex(md5), headers.get("Content-Type"), headers.get("ETag", ""))
 
 
 class Reads(Connection):
