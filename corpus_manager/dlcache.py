@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import threading
 import uuid
 from collections.abc import Callable
@@ -85,7 +86,7 @@ class Md5Cache:
             st = target.stat()
         except OSError:
             return None
-        if not target.is_file() or st.st_size != size:
+        if not stat.S_ISREG(st.st_mode) or st.st_size != size:  # from the stat taken: not a second one
             return None
         cached = self.md5_of(target, st)
         if cached is not None:
