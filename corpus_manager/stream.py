@@ -260,6 +260,15 @@ async def read_index(storage: Storage, name: str) -> dict[str, Any] | None:
     return parsed
 
 
+async def _export_shards(storage: Storage, name: str, split: str | None) -> list[dict[str, Any]]:
+    """The index entries of the export of release ``name`` (of ``split``, if given), in index order;
+    a ConfigError when the release has no export."""
+    index = await read_index(storage, name)
+    if index is None:
+        raise ConfigError(f"release {name!r} has no export (run: corpus export --release {name})")
+    return [s for s in index["shards"] if split is None or s["split"] == split]
+
+
 def iter_shards(
     name: str,
     *,
@@ -287,10 +296,7 @@ def iter_shards(
     def run() -> Iterator[tuple[bytes, Record]]:
         with _running_corpus(corpus, connection_string, account_url, 4) as (runner, c):
             storage: Storage = c.storage
-            index = runner.run(lambda: read_index(storage, name))
-            if index is None:
-                raise ConfigError(f"release {name!r} has no export (run: corpus export --release {name})")
-            shards = [s for s in index["shards"] if split is None or s["split"] == split]
+            shards = runner.run(lambda: _export_shards(storage, name, split))
             if not shards:
                 raise ConfigError(f"the export of release {name!r} has no shards of split {split!r}")
             if shuffle:
@@ -322,9 +328,7 @@ def shard_urls(
 
     with _running_corpus(corpus, connection_string, account_url, 2) as (runner, c):
         storage: Storage = c.storage
-        index = runner.run(lambda: read_index(storage, name))
-    if index is None:
-        raise ConfigError(f"release {name!r} has no export (run: corpus export --release {name})")
+        shards = runner.run(lambda: _export_shards(storage, name, split))
     info = storage.info
     if info.account_key:
         sas = container_sas(info.account_name, info.account_key, storage.corpus, "r", time.time() + expiry_seconds)
@@ -333,7 +337,7 @@ def shard_urls(
     else:
         raise ConfigError("shard URLs need an account key or a SAS in the connection string (not --account-url)")
     base = f"{info.blob_endpoint}/{quote(storage.corpus)}/{quote(EXPORT_PREFIX.format(name=name), safe='/')}"
-    return [f"{base}{quote(s['name'])}?{sas}" for s in index["shards"] if split is None or s["split"] == split]
+    return [f"{base}{quote(s['name'])}?{sas}" for s in shards]
 
 
 def _read_shard(runner: _Runner, storage: Storage, blob: str, entry: dict[str, Any]) -> Iterator[tuple[bytes, Record]]:
