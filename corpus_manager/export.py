@@ -229,11 +229,8 @@ class _Local(_Destination):
 
 
 def _file_sha256(path: str) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 async def export_release(
@@ -368,11 +365,10 @@ async def _export(
         if found and found.group("split") in splits and name not in entries:
             await dest.remove(name)
             report.removed.append(name)
-    kept = [
-        e
-        for e in (old or {}).get("shards", [])
-        if e["split"] not in splits and old and old.get("manifest_sha256") == manifest_sha256
-    ]
+    # the other splits' shards stay in the index only while they are of this same manifest
+    kept: list[dict[str, Any]] = []
+    if old is not None and old.get("manifest_sha256") == manifest_sha256:
+        kept = [e for e in old.get("shards", []) if e["split"] not in splits]
     index = {
         "format": "webdataset",
         "release": report.release,
