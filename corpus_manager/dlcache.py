@@ -91,11 +91,9 @@ class Md5Cache:
         cached = self.md5_of(target, st)
         if cached is not None:
             return cached
-        h = hashlib.md5(usedforsecurity=False)
         try:
             with open(target, "rb") as fh:
-                while chunk := fh.read(1 << 20):
-                    h.update(chunk)
+                h = hashlib.file_digest(fh, lambda: hashlib.md5(usedforsecurity=False))
                 after = os.fstat(fh.fileno())
         except OSError:
             return None
