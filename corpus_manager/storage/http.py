@@ -161,8 +161,7 @@ def blob_shared_key(
         "",
     ]  # Date (x-ms-date instead), If-* and Range: unused
     text = "\n".join(fields) + "\n" + "".join(f"{k}:{v}\n" for k, v in ms) + resource
-    mac = hmac.new(base64.b64decode(key), text.encode(), hashlib.sha256).digest()
-    return {**signed, "Authorization": f"SharedKey {account}:{base64.b64encode(mac).decode()}"}
+    return {**signed, "Authorization": f"SharedKey {account}:{_sign(key, text)}"}
 
 
 def table_shared_key(account: str, key: str, method: str, url: URL, content_type: str) -> dict[str, str]:
@@ -171,8 +170,7 @@ def table_shared_key(account: str, key: str, method: str, url: URL, content_type
     SharedKeyCredentialPolicy for tables does the same)."""
     date = email.utils.formatdate(usegmt=True)
     text = f"{method}\n\n{content_type}\n{date}\n/{account}{url.raw_path}"
-    mac = hmac.new(base64.b64decode(key), text.encode(), hashlib.sha256).digest()
-    return {"x-ms-date": date, "Authorization": f"SharedKey {account}:{base64.b64encode(mac).decode()}"}
+    return {"x-ms-date": date, "Authorization": f"SharedKey {account}:{_sign(key, text)}"}
 
 
 def container_sas(
@@ -186,5 +184,9 @@ def container_sas(
     text = "\n".join(
         [permission, "", se, f"/blob/{account}/{container}", "", "", "", version, "c", "", "", "", "", "", "", ""]
     )
-    sig = base64.b64encode(hmac.new(base64.b64decode(key), text.encode(), hashlib.sha256).digest()).decode()
-    return f"se={quote(se, safe='')}&sp={permission}&sv={version}&sr=c&sig={quote(sig, safe='')}"
+    return f"se={quote(se, safe='')}&sp={permission}&sv={version}&sr=c&sig={quote(_sign(key, text), safe='')}"
+
+
+def _sign(key: str, text: str) -> str:
+    """The base64 HMAC-SHA256 of ``text`` by the (base64) account key: what Shared Key and a SAS carry."""
+    return base64.b64encode(hmac.new(base64.b64decode(key), text.encode(), hashlib.sha256).digest()).decode()
