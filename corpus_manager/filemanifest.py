@@ -10,11 +10,11 @@ import contextlib
 import csv
 import json
 import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from .dlcache import temp_path
 from .errors import ConfigError
 
 MANIFEST_FIELDS = (
@@ -59,8 +59,7 @@ def write_manifest(path: str, records: Sequence[Record]) -> None:
     kind = manifest_kind(path)
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    # the name download.temp_path makes (a rerun's sweep of this directory recognises it)
-    temp = target.with_name(f".{uuid.uuid4().hex[:16]}.part")
+    temp = temp_path(target)  # a name a rerun's sweep of this directory recognises
     try:
         with open(temp, "w", encoding="utf-8", newline="") as fh:
             if kind == "jsonl":
