@@ -250,11 +250,13 @@ class _TempFile:
             if h.hexdigest() != message.expected_md5:
                 raise _mismatch(h.hexdigest(), message.expected_md5)
             fh.flush()
+            st = os.fstat(fh.fileno())  # the file's stat for the MD5 cache, as write_whole takes it
             # renamed while still open and locked, so no other run's cleanup can take it meanwhile; counted
             # in the same step, so the summary's count is the files that are there
             os.replace(temp, self.target)
             temp = None
             self.downloader.count_downloaded(size)
+            self.downloader.cache.remember(self.target, st, h.hexdigest())
             return h.hexdigest(), size
         except BaseException as exc:
             self.error = exc
@@ -374,8 +376,6 @@ class _Downloader:
         except BaseException:
             owner.abort()
             raise
-        with contextlib.suppress(OSError):
-            self.cache.remember(target, target.stat(), md5_hex)
         return md5_hex, size
 
     def write_small(self, target: Path, data: bytes, expected_md5: str | None) -> str:
