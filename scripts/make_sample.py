@@ -25,8 +25,11 @@ def main(root: Path) -> None:
             ext = ["jpg", "png", "JPG"][i % 3]
             target = folder / f"img{i:02}.{ext}"
             if not target.exists():
-                # -seed makes plasma deterministic, so reruns of the demo make the same bytes
-                subprocess.run(["convert", "-seed", str(100 + i), "-size", "160x120", source, str(target)], check=True)
+                # -seed makes plasma deterministic and PNGs carry no date chunks, so every clone's demo makes
+                # the same bytes (a demo Azurite left running from another clone then finds the same sets)
+                cmd = ["convert", "-seed", str(100 + i), "-size", "160x120", source]
+                cmd += ["-define", "png:exclude-chunk=date,time", str(target)]
+                subprocess.run(cmd, check=True)
                 made += 1
     (root / "animals" / "README.txt").write_text("not an image: ignored by the crawl\n")
     print(f"sample corpus in {root}: {sum(len(v) for v in TREE.values())} images ({made} new)", file=sys.stderr)
